@@ -1,0 +1,51 @@
+"""smcscale: Sequential Monte Carlo for inference-time scaling, in JAX.
+
+The engine (this package's top level) runs Feynman–Kac models with jitted, ESS-adaptive
+particle filters. See README.md for a tour.
+"""
+
+from . import kalman, models, resampling, weights
+from .fk import FeynmanKac
+from .resampling import RESAMPLERS, get_resampler
+from .smc import (
+    ParticleCollapseError,
+    SMCConfig,
+    SMCResult,
+    SMCState,
+    init,
+    run,
+    smc_step,
+    trace_genealogy,
+    weighted_mean,
+)
+from .ssm import StateSpaceModel, auxiliary, bootstrap, guided
+from .weights import ess, log_mean_exp, log_normalize, normalized_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeynmanKac",
+    "StateSpaceModel",
+    "bootstrap",
+    "guided",
+    "auxiliary",
+    "run",
+    "init",
+    "smc_step",
+    "SMCConfig",
+    "SMCResult",
+    "SMCState",
+    "ParticleCollapseError",
+    "weighted_mean",
+    "trace_genealogy",
+    "RESAMPLERS",
+    "get_resampler",
+    "ess",
+    "log_mean_exp",
+    "log_normalize",
+    "normalized_weights",
+    "kalman",
+    "models",
+    "resampling",
+    "weights",
+]

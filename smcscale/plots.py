@@ -1,0 +1,80 @@
+"""Plots people would rather look at than read: ESS traces and genealogies.
+
+All functions take an optional matplotlib ``Axes`` and return it; matplotlib is imported
+lazily so the engine does not depend on a display.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["plot_ess", "plot_genealogy", "plot_filtering"]
+
+
+def _axes(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(7, 3))
+    return ax
+
+
+def plot_ess(result, ax=None, num_particles=None):
+    """ESS against time, with resampling times marked (from an ``SMCResult``)."""
+    ax = _axes(ax)
+    ess = np.asarray(result.ess)
+    n = num_particles or np.asarray(result.log_weights).shape[-1]
+    t = np.arange(len(ess))
+    ax.plot(t, ess / n, lw=1.2, label="ESS / N")
+    res = np.flatnonzero(np.asarray(result.resampled))
+    if len(res):
+        ax.plot(res, np.zeros_like(res, dtype=float), "|", color="tab:red", ms=8, label="resampled")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("t")
+    ax.set_ylabel("ESS / N")
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
+def plot_genealogy(ancestors, values=None, ax=None, max_particles=200):
+    """Genealogy tree: every particle's link to its parent, surviving lineages in bold.
+
+    Args:
+      ancestors: ``(T, N)`` recorded ancestors.
+      values: optional ``(T, N)`` particle values for the y axis (default: particle index).
+    """
+    from .smc import trace_genealogy
+
+    ax = _axes(ax)
+    anc = np.asarray(ancestors)
+    T, N = anc.shape
+    keep = np.arange(min(N, max_particles))
+    y = np.tile(np.arange(N, dtype=float), (T, 1)) if values is None else np.asarray(values)
+    for t in range(1, T):
+        for i in keep:
+            ax.plot([t - 1, t], [y[t - 1, anc[t, i]], y[t, i]], color="0.8", lw=0.4)
+    back = np.asarray(trace_genealogy(anc))
+    for i in np.unique(back[0]) if T > 1 else []:
+        lineage = [j for j in range(N) if back[0, j] == i][:1]
+        for j in lineage:
+            ax.plot(np.arange(T), y[np.arange(T), back[:, j]], color="tab:blue", lw=1.2)
+    ax.set_xlabel("t")
+    ax.set_ylabel("particle" if values is None else "x_t")
+    ax.set_title(f"genealogy: {len(np.unique(back[0]))} lineage(s) survive from t=0")
+    return ax
+
+
+def plot_filtering(mean, sd=None, truth=None, ax=None, label="filtering mean"):
+    """Filtering mean (with a ±2 sd band when ``sd`` is given) and, optionally, the truth."""
+    ax = _axes(ax)
+    mean = np.asarray(mean)
+    t = np.arange(len(mean))
+    ax.plot(t, mean, color="tab:blue", lw=1.2, label=label)
+    if sd is not None:
+        sd = np.asarray(sd)
+        ax.fill_between(t, mean - 2 * sd, mean + 2 * sd, color="tab:blue", alpha=0.2, lw=0)
+    if truth is not None:
+        ax.plot(t, np.asarray(truth), color="k", lw=0.8, ls="--", label="truth")
+    ax.set_xlabel("t")
+    ax.legend(loc="upper right", fontsize=8)
+    return ax

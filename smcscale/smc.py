@@ -1,0 +1,482 @@
+r"""The SMC driver: one jitted ``lax.scan`` over time with ESS-adaptive resampling.
+
+Algorithm (Chopin & Papaspiliopoulos 2020, Alg. 10.1, with optional auxiliary weights).
+Log-weights ``lw`` are kept normalised (``logsumexp(lw) = 0``) and ``log Z`` accumulates
+the increments.
+
+* ``t = 0``:  ``x_0 ~ M_0``;  ``lw = log G_0(x_0)``;  ``log Z_0 = log mean_i exp(lw_i)``.
+* ``t >= 1``: resample if ``ESS(W_{t-1}) < kappa N`` (``kappa = 1``: every step; ``0``: never).
+
+  - with auxiliary log-weights ``a_i = lw_i + log eta_t(x^i_{t-1})`` (``eta = 1`` if the
+    model has no ``log_lookahead``), draw ancestors ``A ~ resample(a)`` and set the carried
+    log-weight of child ``i`` to ``logsumexp(a) - log N - log eta_t(x^{A_i}_{t-1})``;
+  - otherwise ``A_i = i`` and the carried log-weight is ``lw_i``.
+
+  Move ``x_t ~ M_t(x^{A}_{t-1}, .)``, add ``log G_t``; the increment
+  ``log Z_t - log Z_{t-1}`` is the ``logsumexp`` of the new unnormalised log-weights.
+
+Without resampling the increment is ``log sum_i W_i G_t^i``; right after a resample it is
+``log mean_i G_t^i``; both are the usual unbiased estimators of ``Z_t / Z_{t-1}`` (as in
+``particles``), so ``Ẑ_T = exp(log Z_T)`` is unbiased for ``Z_T`` for every ``kappa``.
+
+Degenerate cases (documented and tested):
+
+* a log-potential that is NaN or ``+inf`` is invalid: it is counted in
+  ``SMCResult.num_invalid`` and treated as ``-inf``; when :func:`run` is called eagerly with
+  ``check=True`` (default) it raises ``ValueError`` naming the first offending step;
+* if every particle has weight zero at step ``t`` (all log-weights ``-inf``), ``log Z`` is
+  ``-inf`` from then on, ESS is 0, resampling keeps each particle in place, and nothing is
+  NaN; eagerly with ``check=True`` :func:`run` raises :class:`ParticleCollapseError`.
+
+The per-step function :func:`smc_step` is public so that other kernels (conditional SMC,
+text and diffusion samplers) reuse it instead of writing their own loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .fk import FeynmanKac
+from .resampling import get_resampler
+from .weights import ess as _ess
+from .weights import log_normalize, safe_logsumexp
+
+__all__ = [
+    "SMCState",
+    "SMCResult",
+    "SMCConfig",
+    "ParticleCollapseError",
+    "init",
+    "smc_step",
+    "run",
+    "weighted_mean",
+    "trace_genealogy",
+]
+
+_RECORDABLE = ("ancestors", "particles", "log_weights")
+
+
+class ParticleCollapseError(RuntimeError):
+    """Every particle has weight zero: the estimate of Z is 0 and the filter cannot go on."""
+
+
+class SMCState(NamedTuple):
+    """State of a particle system after the reweighting at some step."""
+
+    particles: Any  # pytree, leading axis N
+    log_weights: jax.Array  # (N,), normalised (logsumexp = 0), or all -inf if dead
+    log_z: jax.Array  # () running log-normaliser estimate log Ẑ_t
+
+
+class SMCConfig(NamedTuple):
+    """Static settings of the driver (hashable)."""
+
+    num_particles: int
+    ess_threshold: float = 0.5
+    resampling: Any = "systematic"
+
+
+class StepInfo(NamedTuple):
+    ess: jax.Array
+    resampled: jax.Array
+    ancestors: jax.Array
+    num_invalid: jax.Array
+
+
+class SMCResult(NamedTuple):
+    """Everything a run returns. Per-step arrays have leading axis ``T`` (number of steps).
+
+    Attributes:
+      particles, log_weights: the final particle system (``log_weights`` normalised).
+      log_z: ``log Ẑ_T``, the log of the unbiased estimate of the normalising constant.
+      log_z_trace: ``(T,)`` running ``log Ẑ_t``.
+      ess: ``(T,)`` ESS of the weights after reweighting at step ``t``.
+      resampled: ``(T,)`` bool, whether resampling happened before the move to step ``t``
+        (always ``False`` at ``t = 0``).
+      num_invalid: ``(T,)`` number of NaN / ``+inf`` log-potentials at step ``t``.
+      summaries: dict name -> ``(T, ...)`` values of the on-the-fly summaries.
+      ancestors: ``(T, N)`` int32 if recorded (``ancestors[0] = arange(N)``), else ``None``.
+      particles_history: pytree with leaves ``(T, N, ...)`` if recorded, else ``None``.
+      log_weights_history: ``(T, N)`` if recorded, else ``None``.
+    """
+
+    particles: Any
+    log_weights: jax.Array
+    log_z: jax.Array
+    log_z_trace: jax.Array
+    ess: jax.Array
+    resampled: jax.Array
+    num_invalid: jax.Array
+    summaries: dict
+    ancestors: Optional[jax.Array] = None
+    particles_history: Any = None
+    log_weights_history: Optional[jax.Array] = None
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def weighted_mean(fn: Optional[Callable] = None):
+    """Summary ``sum_i W_i f(x_i)`` (``f`` = identity by default), for ``run(summaries=...)``.
+
+    ``f`` maps the particle pytree to an array with leading axis ``N``.
+    """
+
+    def summary(particles, log_weights):
+        vals = particles if fn is None else fn(particles)
+        w = jnp.exp(log_weights)
+
+        def one(v):
+            v = jnp.asarray(v)
+            return jnp.tensordot(w.astype(v.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else w, v, axes=(0, 0))
+
+        return jax.tree_util.tree_map(one, vals)
+
+    return summary
+
+
+def _gather(tree, idx):
+    return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, idx, axis=0), tree)
+
+
+def _clean_log_potential(lg, num_particles):
+    lg = jnp.asarray(lg)
+    invalid = jnp.isnan(lg) | jnp.isposinf(lg)
+    return jnp.where(invalid, -jnp.inf, lg), jnp.sum(invalid).astype(jnp.int32)
+
+
+def _shard(tree, sharding):
+    if sharding is None:
+        return tree
+    return jax.tree_util.tree_map(lambda leaf: jax.lax.with_sharding_constraint(leaf, sharding), tree)
+
+
+def _check_log_potential_shape(lg, num_particles, where):
+    shape = getattr(lg, "shape", None)
+    if shape != (num_particles,):
+        raise ValueError(
+            f"log_potential at {where} must return shape ({num_particles},) (one value per particle), "
+            f"got {shape}"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# the kernel
+
+
+def init(key, fk: FeynmanKac, inputs_0, config: SMCConfig, sharding=None):
+    """Draw ``x_0 ~ M_0`` and weight by ``G_0``; return ``(SMCState, StepInfo)``."""
+    n = config.num_particles
+    x = fk.sample_initial(key, n, inputs_0)
+    x = _shard(x, sharding)
+    lg = fk.log_potential(None, x, inputs_0)
+    _check_log_potential_shape(lg, n, "t = 0")
+    lg, n_bad = _clean_log_potential(lg, n)
+    lg = _shard(lg, sharding)
+    lse = safe_logsumexp(lg)
+    log_z = lse - jnp.log(n)
+    lw = log_normalize(lg)
+    info = StepInfo(_ess(lw), jnp.array(False), jnp.arange(n, dtype=jnp.int32), n_bad)
+    return SMCState(x, lw, log_z), info
+
+
+def smc_step(
+    key,
+    fk: FeynmanKac,
+    state: SMCState,
+    inputs_t,
+    config: SMCConfig,
+    sharding=None,
+    resample_fn: Optional[Callable] = None,
+):
+    """One SMC step ``t >= 1``: adaptive (auxiliary) resampling, move, reweight.
+
+    ``resample_fn(key, log_weights, num_samples) -> ancestors`` overrides the configured
+    scheme (conditional SMC passes a resampler that pins the reference trajectory).
+    Returns ``(new_state, StepInfo)``.
+    """
+    n = config.num_particles
+    k_res, k_move = jax.random.split(key)
+    resample = resample_fn if resample_fn is not None else get_resampler(config.resampling)
+    lw = state.log_weights
+    x_prev = state.particles
+
+    if fk.log_lookahead is not None:
+        log_eta = jnp.asarray(fk.log_lookahead(x_prev, inputs_t))
+        log_eta = jnp.where(jnp.isnan(log_eta), -jnp.inf, log_eta)
+    else:
+        log_eta = None
+
+    kappa = float(config.ess_threshold)
+    if kappa >= 1.0:
+        do_resample = jnp.array(True)
+    elif kappa <= 0.0:
+        do_resample = jnp.array(False)
+    else:
+        do_resample = _ess(lw) < kappa * n
+
+    def with_resampling(_):
+        aux = lw if log_eta is None else lw + log_eta
+        anc = resample(k_res, aux, n)
+        base = safe_logsumexp(aux) - jnp.log(n)
+        carried = jnp.full((n,), 0.0, lw.dtype) + base
+        if log_eta is not None:
+            carried = carried - log_eta[anc]
+        return anc.astype(jnp.int32), carried
+
+    def without(_):
+        return jnp.arange(n, dtype=jnp.int32), lw
+
+    if kappa >= 1.0:
+        anc, carried = with_resampling(None)
+    elif kappa <= 0.0:
+        anc, carried = without(None)
+    else:
+        anc, carried = jax.lax.cond(do_resample, with_resampling, without, None)
+
+    x_prev_res = _shard(_gather(x_prev, anc), sharding)
+    x = fk.sample_transition(k_move, x_prev_res, inputs_t)
+    x = _shard(x, sharding)
+    lg = fk.log_potential(x_prev_res, x, inputs_t)
+    _check_log_potential_shape(lg, n, "t >= 1")
+    lg, n_bad = _clean_log_potential(lg, n)
+    new = carried + lg
+    inc = safe_logsumexp(new)
+    lw_new = _shard(log_normalize(new), sharding)
+    dead_before = jnp.isneginf(state.log_z)
+    log_z = jnp.where(dead_before, -jnp.inf, state.log_z + inc)
+    info = StepInfo(_ess(lw_new), do_resample, anc, n_bad)
+    return SMCState(x, lw_new, log_z), info
+
+
+# ---------------------------------------------------------------------------------------
+# the driver
+
+
+def _num_steps(inputs, num_steps):
+    leaves = jax.tree_util.tree_leaves(inputs)
+    if not leaves:
+        if num_steps is None:
+            raise ValueError("inputs is empty (None): pass num_steps= to say how many steps to run")
+        return int(num_steps)
+    lengths = {np.shape(leaf)[0] if np.ndim(leaf) > 0 else None for leaf in leaves}
+    if None in lengths:
+        raise ValueError("every leaf of inputs must have a leading time axis; found a scalar leaf")
+    if len(lengths) != 1:
+        raise ValueError(f"all leaves of inputs must share the leading time axis length, got lengths {sorted(lengths)}")
+    t = lengths.pop()
+    if num_steps is not None and int(num_steps) != t:
+        raise ValueError(f"num_steps={num_steps} disagrees with the inputs' leading axis of length {t}")
+    if t < 1:
+        raise ValueError("inputs have zero time steps: need at least one")
+    return t
+
+
+def _slice(inputs, t):
+    return jax.tree_util.tree_map(lambda leaf: leaf[t], inputs)
+
+
+@functools.partial(jax.jit, static_argnames=("fk", "config", "num_steps", "summary_items", "record", "sharding"))
+def _run_jit(key, inputs, *, fk, config, num_steps, summary_items, record, sharding):
+    summaries = dict(summary_items)
+    has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
+    k0, k_rest = jax.random.split(key)
+    inputs_0 = _slice(inputs, 0) if has_inputs else None
+    state, info = init(k0, fk, inputs_0, config, sharding)
+
+    def outputs(state, info):
+        out = {
+            "ess": info.ess,
+            "resampled": info.resampled,
+            "log_z": state.log_z,
+            "num_invalid": info.num_invalid,
+            "summaries": {name: fn(state.particles, state.log_weights) for name, fn in summaries.items()},
+        }
+        if "ancestors" in record:
+            out["ancestors"] = info.ancestors
+        if "particles" in record:
+            out["particles"] = state.particles
+        if "log_weights" in record:
+            out["log_weights"] = state.log_weights
+        return out
+
+    out0 = outputs(state, info)
+    if num_steps == 1:
+        stacked = jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], out0)
+    else:
+        keys = jax.random.split(k_rest, num_steps - 1)
+        xs = (keys, jax.tree_util.tree_map(lambda leaf: leaf[1:], inputs) if has_inputs else None)
+
+        def body(state, xs_t):
+            k, inp = xs_t
+            state, info = smc_step(k, fk, state, inp, config, sharding)
+            return state, outputs(state, info)
+
+        state, outs = jax.lax.scan(body, state, xs)
+        stacked = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b], axis=0), out0, outs)
+
+    return SMCResult(
+        particles=state.particles,
+        log_weights=state.log_weights,
+        log_z=state.log_z,
+        log_z_trace=stacked["log_z"],
+        ess=stacked["ess"],
+        resampled=stacked["resampled"],
+        num_invalid=stacked["num_invalid"],
+        summaries=stacked["summaries"],
+        ancestors=stacked.get("ancestors"),
+        particles_history=stacked.get("particles"),
+        log_weights_history=stacked.get("log_weights"),
+    )
+
+
+def run(
+    key,
+    fk: FeynmanKac,
+    inputs,
+    num_particles: int,
+    *,
+    num_steps: Optional[int] = None,
+    ess_threshold: float = 0.5,
+    resampling="systematic",
+    summaries: Optional[Mapping[str, Callable]] = None,
+    record: Sequence[str] = (),
+    mesh=None,
+    particle_axis: str = "particles",
+    check: bool = True,
+) -> SMCResult:
+    """Run a particle filter on the Feynman–Kac model ``fk`` over ``T`` steps.
+
+    Args:
+      key: a ``jax.random`` key; the same key gives the same result.
+      fk: the :class:`~smcscale.fk.FeynmanKac` model.
+      inputs: pytree whose leaves have a leading time axis ``T`` (observations, covariates);
+        ``inputs_t`` is passed to the model at step ``t``. ``None`` if the model needs none
+        (then give ``num_steps``).
+      num_particles: ``N`` (a Python int).
+      ess_threshold: ``kappa``; resample when ``ESS < kappa N``. ``1`` = every step, ``0`` = never.
+      resampling: a scheme name from :data:`smcscale.resampling.RESAMPLERS` or a function
+        ``(key, log_weights, num_samples) -> ancestors``.
+      summaries: ``{name: f(particles, log_weights) -> pytree}`` computed after each
+        reweighting (``log_weights`` normalised), e.g. :func:`weighted_mean`.
+      record: any of ``"ancestors"``, ``"particles"``, ``"log_weights"`` to keep per step
+        (memory ``O(T N)``); ancestors give the genealogy (:func:`trace_genealogy`).
+      mesh: a ``jax.sharding.Mesh``; when given, the particle axis of every particle leaf and
+        of the weights is sharded over the mesh axis ``particle_axis``. Resampling uses the
+        global weights (XLA inserts the collectives), so the algorithm is unchanged.
+      check: when called eagerly, raise on invalid log-potentials (``ValueError``) and on
+        total weight collapse (:class:`ParticleCollapseError`). Under ``jit``/``vmap`` the
+        flags are returned in the result instead (``num_invalid``, ``log_z = -inf``).
+
+    Returns:
+      :class:`SMCResult`.
+    """
+    if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)):
+        raise TypeError(f"num_particles must be a Python int, got {type(num_particles).__name__}")
+    num_particles = int(num_particles)
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    if not isinstance(fk, FeynmanKac):
+        raise TypeError(f"fk must be a smcscale.FeynmanKac, got {type(fk).__name__}")
+    try:
+        kappa = float(ess_threshold)
+    except (TypeError, ValueError):
+        raise TypeError(f"ess_threshold must be a number in [0, 1], got {ess_threshold!r}") from None
+    if not 0.0 <= kappa <= 1.0:
+        raise ValueError(f"ess_threshold must be in [0, 1] (1 = resample every step, 0 = never), got {kappa}")
+    get_resampler(resampling)  # raises on unknown names
+    record = tuple(sorted(set(record)))
+    unknown = [r for r in record if r not in _RECORDABLE]
+    if unknown:
+        raise ValueError(f"unknown record option(s) {unknown}; choose from {list(_RECORDABLE)}")
+    summaries = dict(summaries or {})
+    for name, fn in summaries.items():
+        if not callable(fn):
+            raise TypeError(f"summary {name!r} must be a function (particles, log_weights) -> value")
+    t = _num_steps(inputs, num_steps)
+    key = _as_key(key)
+
+    sharding = None
+    if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        if particle_axis not in mesh.axis_names:
+            raise ValueError(f"mesh has axes {mesh.axis_names}, no particle axis {particle_axis!r}")
+        size = mesh.shape[particle_axis]
+        if num_particles % size:
+            raise ValueError(
+                f"num_particles={num_particles} must be divisible by the {size} devices of mesh axis {particle_axis!r}"
+            )
+        sharding = NamedSharding(mesh, PartitionSpec(particle_axis))
+
+    config = SMCConfig(num_particles, kappa, resampling)
+    result = _run_jit(
+        key,
+        inputs,
+        fk=fk,
+        config=config,
+        num_steps=t,
+        summary_items=tuple(summaries.items()),
+        record=record,
+        sharding=sharding,
+    )
+    if check and not isinstance(result.log_z, jax.core.Tracer):
+        _check_result(result, num_particles)
+    return result
+
+
+def _as_key(key):
+    if isinstance(key, (int, np.integer)):
+        raise TypeError("key must be a jax.random key (e.g. jax.random.key(0)), got an int")
+    return key
+
+
+def _check_result(result: SMCResult, n: int) -> None:
+    bad = np.asarray(result.num_invalid)
+    if bad.ndim == 1 and bad.any():
+        t = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"log_potential returned NaN or +inf for {int(bad[t])} of {n} particles at step {t} "
+            "(a log-potential must be a number or -inf); fix the model or pass check=False to treat them as -inf"
+        )
+    lz = np.asarray(result.log_z_trace)
+    if lz.ndim == 1 and np.isneginf(lz).any():
+        t = int(np.flatnonzero(np.isneginf(lz))[0])
+        raise ParticleCollapseError(
+            f"all {n} particles have zero weight (log-weight -inf) at step {t}: log Z = -inf. "
+            "Use more particles or a better proposal, check the potentials, or pass check=False "
+            "to get the result with log_z = -inf."
+        )
+
+
+def trace_genealogy(ancestors):
+    """Trace the lineages of the final particles back in time.
+
+    Args:
+      ancestors: ``(T, N)`` recorded ancestors (``run(..., record=["ancestors"])``), where
+        ``ancestors[t][i]`` is the index at ``t - 1`` of the parent of particle ``i`` at ``t``.
+
+    Returns:
+      ``(T, N)`` int32 array ``B`` with ``B[T-1] = arange(N)`` and
+      ``B[t] = ancestors[t + 1][B[t + 1]]``: ``B[t, i]`` is the index at time ``t`` of the
+      ancestor of final particle ``i``. The number of distinct values in ``B[t]`` is the
+      number of surviving lineages at ``t`` (path degeneracy).
+    """
+    ancestors = jnp.asarray(ancestors)
+    if ancestors.ndim != 2:
+        raise ValueError(f"ancestors must have shape (T, N), got {ancestors.shape}")
+    n = ancestors.shape[1]
+
+    def body(idx, a_next):
+        prev = a_next[idx]
+        return prev, prev
+
+    last = jnp.arange(n, dtype=jnp.int32)
+    _, back = jax.lax.scan(body, last, ancestors[1:], reverse=True)
+    return jnp.concatenate([back, last[None]], axis=0)
