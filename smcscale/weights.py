@@ -7,7 +7,7 @@ normalised weights are
 
 and the effective sample size (Kong, Liu & Wong 1994) is
 
-    ESS = 1 / sum_i W_i^2 = exp(2 logsumexp(lw) - logsumexp(2 lw)),
+    ESS = 1 / sum_i W_i^2 = exp(-logsumexp(2 log W)),
 
 computed entirely in log space so that weights spanning hundreds of nats neither
 overflow nor underflow.
@@ -52,8 +52,12 @@ def safe_logsumexp(lw, axis=-1):
 def log_normalize(lw, axis=-1):
     """Normalised log-weights ``lw - logsumexp(lw)``; all ``-inf`` stays all ``-inf``."""
     lw = jnp.asarray(lw)
-    lse = jnp.expand_dims(safe_logsumexp(lw, axis=axis), axis)
-    return jnp.where(jnp.isfinite(lse), lw - lse, -jnp.inf)
+    # (lw - max) - log sum exp(lw - max): exact shift first, so large offsets lose no precision.
+    m = jnp.max(lw, axis=axis, keepdims=True)
+    m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+    shifted = lw - m_safe
+    log_s = jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+    return jnp.where(jnp.isfinite(m), shifted - log_s, -jnp.inf)
 
 
 def normalized_weights(lw, axis=-1):
@@ -62,11 +66,10 @@ def normalized_weights(lw, axis=-1):
 
 
 def log_ess(lw, axis=-1):
-    """``log ESS = 2 logsumexp(lw) - logsumexp(2 lw)``; ``-inf`` for a dead population."""
-    lw = jnp.asarray(lw)
-    a = safe_logsumexp(lw, axis=axis)
-    b = safe_logsumexp(2.0 * lw, axis=axis)
-    return jnp.where(jnp.isfinite(a), 2.0 * a - b, -jnp.inf)
+    """``log ESS = -logsumexp(2 log W)`` with ``log W`` normalised; ``-inf`` for a dead population."""
+    lnw = log_normalize(lw, axis=axis)
+    b = safe_logsumexp(2.0 * lnw, axis=axis)
+    return jnp.where(jnp.isfinite(b), -b, -jnp.inf)
 
 
 def ess(lw, axis=-1):
