@@ -121,8 +121,6 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.num_particles < 1 if hasattr(args, "num_particles") else False:
-        parser.error("--num-particles must be >= 1")
     try:
         return args.func(args)
     except (ValueError, TypeError) as e:
