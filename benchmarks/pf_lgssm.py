@@ -26,9 +26,11 @@ SAME simulated series:
   ``log_likelihood_increment`` (= log-mean of the unnormalised weights).
 
 JAX methods are compiled (and run once) before timing; ``particles`` gets one warm-up run
-(Numba compilation). The timed runs are interleaved round-robin across methods (so slow
-drift on a noisy machine hits all of them alike), each run uses a fresh key / seed and is
-``block_until_ready``-ed. Reported: median and min over ``--repeats`` runs, and the mean
+(Numba compilation). The timed runs are interleaved round-robin across methods, with the
+order rotated every round (so slow drift on a noisy machine hits all of them alike); each
+run uses a fresh key / seed and is ``block_until_ready``-ed. Reported: wall-clock median
+and min over ``--repeats`` runs (the JSON also has every run and the process CPU time,
+which is less disturbed by other processes on a shared machine), and the mean
 (and sd) of log Z over those runs next to the exact Kalman log-likelihood, as a sanity
 check (all three must agree within Monte Carlo error; at N = 1e5 within ~0.5 nats).
 
@@ -237,17 +239,13 @@ def machine_info():
         "devices": [str(d) for d in jax.devices()],
         "numpy": np.__version__,
     }
-    for mod in ("blackjax", "particles", "numba", "numpyro", "smcscale"):
-        try:
-            info[mod] = getattr(__import__(mod), "__version__", "?")
-        except Exception:
-            info[mod] = None
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        info["particles_dist"] = version("particles")  # particles.__version__ lags the release
-    except Exception:
-        pass
+    for mod in ("blackjax", "particles", "numba", "numpyro", "smcscale"):
+        try:  # the installed distribution's version (particles 0.4 reports __version__ '0.3alpha')
+            info[mod] = version(mod)
+        except PackageNotFoundError:
+            info[mod] = getattr(sys.modules.get(mod), "__version__", None)
     return info
 
 
@@ -292,7 +290,7 @@ def main(argv=None) -> int:
     )
     print(
         f"jax {info['jax']} ({info['backend']}), {info['cpu_count']} CPUs, blackjax {info['blackjax']}, "
-        f"particles {info.get('particles_dist', info['particles'])}, numpy {info['numpy']}"
+        f"particles {info['particles']}, numpy {info['numpy']}"
     )
     print(f"Kalman log Z = {kalman:.4f} (float32 JAX), {kalman64:.4f} (float64 NumPy)\n", flush=True)
 
@@ -306,15 +304,17 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             runners[name](10**6 + args.seed)  # warm-up: compile (JAX) / Numba JIT (particles)
             warm = time.perf_counter() - t0
-            results[(name, n)] = {"warmup_s": warm, "times_s": [], "log_z": []}
+            results[(name, n)] = {"warmup_s": warm, "times_s": [], "cpu_times_s": [], "log_z": []}
             print(f"  N={n:>7} {name:<9} warm-up {warm:7.2f} s", flush=True)
         for r in range(args.repeats):
             seed = args.seed * 100_003 + 1000 * r + 1  # a fresh key / seed per run
-            for name in METHODS:
-                t0 = time.perf_counter()
+            order = METHODS[r % len(METHODS):] + METHODS[: r % len(METHODS)]  # rotate who goes first
+            for name in order:
+                c0, t0 = time.process_time(), time.perf_counter()
                 lz = runners[name](seed)
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 results[(name, n)]["times_s"].append(dt)
+                results[(name, n)]["cpu_times_s"].append(dc)
                 results[(name, n)]["log_z"].append(lz)
 
     # ---- summarise
@@ -325,6 +325,8 @@ def main(argv=None) -> int:
             ts, lzs = res["times_s"], res["log_z"]
             res["median_ms"] = 1e3 * statistics.median(ts)
             res["min_ms"] = 1e3 * min(ts)
+            # process CPU time (all threads): less sensitive to other processes on a busy machine
+            res["cpu_median_ms"] = 1e3 * statistics.median(res["cpu_times_s"])
             res["mean_log_z"] = statistics.fmean(lzs)
             res["sd_log_z"] = statistics.stdev(lzs) if len(lzs) > 1 else float("nan")
             err = res["mean_log_z"] - kalman
@@ -381,6 +383,12 @@ def main(argv=None) -> int:
             f"vs_blackjax_n{big}": sp_blackjax,
             "vs_particles_n1000": sp_particles_1k,
             "vs_blackjax_n1000": speedup("blackjax", 1000),
+        },
+        # the same ratios on process CPU time (less sensitive to other load on the machine)
+        "speedup_cpu_time": {
+            f"vs_{anchor}_n{n}": results[(anchor, n)]["cpu_median_ms"] / results[("smcscale", n)]["cpu_median_ms"]
+            for n in args.sizes
+            for anchor in ("particles", "blackjax")
         },
         "sanity_failures": failures,
     }

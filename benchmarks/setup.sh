@@ -23,7 +23,8 @@ cd "$ROOT"
 "$PYTHON" -m pip install numba scipy joblib scikit-learn
 
 "$PYTHON" - <<'EOF'
-import jax, numpy, blackjax, particles
+from importlib.metadata import version
+import jax, numpy, blackjax, particles  # noqa: F401  (fails loudly if an anchor is missing)
 print(f"ok: jax {jax.__version__}, numpy {numpy.__version__}, "
-      f"blackjax {blackjax.__version__}, particles {getattr(particles, '__version__', '?')}")
+      f"blackjax {version('blackjax')}, particles {version('particles')}")
 EOF

