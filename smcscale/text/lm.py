@@ -91,6 +91,8 @@ class LanguageModel(Protocol):
 def sample_next(key, logits, temperature: float = 1.0, top_p: float = 1.0, mask=None):
     """Sample one token per row of ``logits [N, V]``; return a :class:`DecodeOutput`.
 
+    ``key`` is one key (row ``i`` samples with ``fold_in(key, i)``) or ``N`` keys.
+
     ``temperature`` and ``top_p`` are static Python floats. ``mask [N, V]`` (bool) restricts
     the proposal to allowed tokens; a row with no allowed token gets ``mask_logmass = -inf``
     and samples from the unmasked proposal (the caller's weight kills that particle).
@@ -113,10 +115,23 @@ def sample_next(key, logits, temperature: float = 1.0, top_p: float = 1.0, mask=
         if top_p < 1.0:
             prop = _top_p_filter(prop, top_p)
         logq_full = jax.nn.log_softmax(prop, axis=-1)
-        tokens = jax.random.categorical(key, prop, axis=-1).astype(jnp.int32)
+        keys = _row_keys(key, prop.shape[0])
+        tokens = jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(keys, prop).astype(jnp.int32)
         logq = jnp.take_along_axis(logq_full, tokens[:, None], axis=-1)[:, 0]
     tok_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
     return DecodeOutput(tokens, logp, tok_logp, logq, mask_logmass)
+
+
+def _row_keys(key, n):
+    """One key per particle: ``key`` may be a single key (row ``i`` uses ``fold_in(key, i)``)
+    or an array of ``n`` keys (row ``i`` uses ``key[i]``), so that a particle's draw never
+    depends on how many other particles share the batch."""
+    key = jnp.asarray(key)
+    if key.ndim == 0:
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    if key.shape != (n,):
+        raise ValueError(f"key must be one key or {n} keys (one per particle), got shape {key.shape}")
+    return key
 
 
 def _top_p_filter(logits, top_p):

