@@ -194,15 +194,19 @@ def smc_step(
     config: SMCConfig,
     sharding=None,
     resample_fn: Optional[Callable] = None,
+    ancestor_fn: Optional[Callable] = None,
 ):
     """One SMC step ``t >= 1``: adaptive (auxiliary) resampling, move, reweight.
 
     ``resample_fn(key, log_weights, num_samples) -> ancestors`` overrides the configured
     scheme (conditional SMC passes a resampler that pins the reference trajectory).
+    ``ancestor_fn(key, x_prev, log_weights, inputs_t, ancestors) -> ancestors`` post-processes
+    the ancestors drawn at a resampling step (ancestor sampling of the reference in PGAS).
     Returns ``(new_state, StepInfo)``.
     """
     n = config.num_particles
     k_res, k_move = jax.random.split(key)
+    k_res, k_anc = jax.random.split(k_res)
     resample = resample_fn if resample_fn is not None else get_resampler(config.resampling)
     lw = state.log_weights
     x_prev = state.particles
@@ -231,6 +235,8 @@ def smc_step(
             lambda: resample(k_res, aux, n).astype(jnp.int32),
             lambda: jnp.arange(n, dtype=jnp.int32),
         )
+        if ancestor_fn is not None:
+            anc = ancestor_fn(k_anc, x_prev, lw, inputs_t, anc).astype(jnp.int32)
         base = safe_logsumexp(aux) - jnp.log(n)
         carried = jnp.full((n,), 0.0, lw.dtype) + base
         if log_eta is not None:
@@ -289,8 +295,8 @@ def _slice(inputs, t):
     return jax.tree_util.tree_map(lambda leaf: leaf[t], inputs)
 
 
-@functools.partial(jax.jit, static_argnames=("fk", "config", "num_steps", "summary_items", "record", "sharding"))
-def _run_jit(key, inputs, *, fk, config, num_steps, summary_items, record, sharding):
+def _run_core(key, inputs, *, fk, config, num_steps, summary_items=(), record=(), sharding=None, resample_fn=None, ancestor_fn=None):
+    """The whole filter as a pure function (``run`` jits it; conditional SMC reuses it)."""
     summaries = dict(summary_items)
     has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
     k0, k_rest = jax.random.split(key)
@@ -322,7 +328,7 @@ def _run_jit(key, inputs, *, fk, config, num_steps, summary_items, record, shard
 
         def body(state, xs_t):
             k, inp = xs_t
-            state, info = smc_step(k, fk, state, inp, config, sharding)
+            state, info = smc_step(k, fk, state, inp, config, sharding, resample_fn, ancestor_fn)
             return state, outputs(state, info)
 
         state, outs = jax.lax.scan(body, state, xs)
@@ -341,6 +347,12 @@ def _run_jit(key, inputs, *, fk, config, num_steps, summary_items, record, shard
         particles_history=stacked.get("particles"),
         log_weights_history=stacked.get("log_weights"),
     )
+
+
+_run_jit = jax.jit(
+    _run_core,
+    static_argnames=("fk", "config", "num_steps", "summary_items", "record", "sharding", "resample_fn", "ancestor_fn"),
+)
 
 
 def run(
