@@ -141,6 +141,12 @@ def weighted_mean(fn: Optional[Callable] = None):
     return summary
 
 
+def _ess_of_normalized(lw):
+    """ESS of log-weights already normalised (logsumexp = 0): ``1 / sum W^2``; 0 if dead."""
+    s = jnp.sum(jnp.exp(2.0 * lw))
+    return jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
+
+
 def _gather(tree, idx):
     return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, idx, axis=0), tree)
 
@@ -223,7 +229,7 @@ def smc_step(
     elif kappa <= 0.0:
         do_resample = jnp.array(False)
     else:
-        do_resample = _ess(lw) < kappa * n
+        do_resample = _ess_of_normalized(lw) < kappa * n
 
     def with_resampling(_):
         aux = lw if log_eta is None else lw + log_eta
@@ -237,7 +243,10 @@ def smc_step(
         )
         if ancestor_fn is not None:
             anc = ancestor_fn(k_anc, x_prev, lw, inputs_t, anc).astype(jnp.int32)
-        base = safe_logsumexp(aux) - jnp.log(n)
+        # lw is normalised, so without look-ahead the total is exactly 1 (log 0)
+        # (a dead population, all -inf, stays dead)
+        total = safe_logsumexp(aux) if log_eta is not None else jnp.where(jnp.max(lw) > -jnp.inf, 0.0, -jnp.inf)
+        base = total - jnp.log(n)
         carried = jnp.full((n,), 0.0, lw.dtype) + base
         if log_eta is not None:
             carried = carried - log_eta[anc]
@@ -261,10 +270,10 @@ def smc_step(
     lg, n_bad = _clean_log_potential(lg, n)
     new = carried + lg
     inc = safe_logsumexp(new)
-    lw_new = _shard(log_normalize(new), sharding)
+    lw_new = _shard(jnp.where(jnp.isfinite(inc), new - inc, -jnp.inf), sharding)
     dead_before = jnp.isneginf(state.log_z)
     log_z = jnp.where(dead_before, -jnp.inf, state.log_z + inc)
-    info = StepInfo(_ess(lw_new), do_resample, anc, n_bad)
+    info = StepInfo(_ess_of_normalized(lw_new), do_resample, anc, n_bad)
     return SMCState(x, lw_new, log_z), info
 
 
