@@ -4,7 +4,7 @@ The engine (this package's top level) runs Feynman–Kac models with jitted, ESS
 particle filters. See README.md for a tour.
 """
 
-from . import kalman, models, resampling, weights
+from . import csmc, kalman, models, resampling, tempering, weights
 from .fk import FeynmanKac
 from .resampling import RESAMPLERS, get_resampler
 from .smc import (
@@ -44,8 +44,10 @@ __all__ = [
     "log_mean_exp",
     "log_normalize",
     "normalized_weights",
+    "csmc",
     "kalman",
     "models",
+    "tempering",
     "resampling",
     "weights",
 ]

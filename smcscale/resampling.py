@@ -96,14 +96,6 @@ def _finish(ancestors, w, dead, num_samples):
     return jnp.where(dead, fallback, ancestors).astype(jnp.int32)
 
 
-def _int_cumsum(x):
-    """Integer prefix sum by a parallel tree (``associative_scan``; exact for integers and
-    faster than ``jnp.cumsum`` on XLA:CPU). Float weights use the sequential ``jnp.cumsum``,
-    whose ``C_i == C_{i-1}`` for a zero weight is what guarantees that a zero-weight
-    particle is never chosen."""
-    return jax.lax.associative_scan(jnp.add, x)
-
-
 def _cumulative(w):
     """Cumulative weights normalised so that the last entry is exactly 1."""
     c = jnp.cumsum(w)
@@ -118,7 +110,7 @@ def _ancestors_from_cumcounts(ncum, num_samples: int):
     end positions and one cumulative sum, O(N + M), no search.
     """
     marks = jnp.zeros((num_samples,), jnp.int32).at[ncum].add(1, mode="drop")
-    return _int_cumsum(marks)
+    return jnp.cumsum(marks, dtype=jnp.int32)
 
 
 def _inverse_cdf(c, u):
