@@ -4,7 +4,7 @@ The engine (this package's top level) runs Feynman–Kac models with jitted, ESS
 particle filters. See README.md for a tour.
 """
 
-from . import csmc, kalman, models, resampling, tempering, weights
+from . import csmc, kalman, learning, models, resampling, smoothing, tempering, weights
 from .fk import FeynmanKac
 from .resampling import RESAMPLERS, get_resampler
 from .smc import (
@@ -46,7 +46,9 @@ __all__ = [
     "normalized_weights",
     "csmc",
     "kalman",
+    "learning",
     "models",
+    "smoothing",
     "tempering",
     "resampling",
     "weights",
