@@ -25,7 +25,12 @@ field                      signature                                         mat
 =========================  ================================================  ====================
 
 ``transition_log_density`` must broadcast over leading axes of ``x_prev`` and ``x`` (so that
-an ``(N, 1)`` by ``(1, N)`` call gives the ``N x N`` matrix backward samplers need).
+an ``(N, 1)`` by ``(1, N)`` call gives the ``N x N`` matrix backward samplers need). It is
+the density of the *target* dynamics: backward sampling, PaRIS and ancestor sampling need
+``M_t(x_prev, dx) G_t(x_prev, x) ∝ exp(transition_log_density(x_prev, x)) × h(x)`` for some
+``h`` that does not depend on ``x_prev``. For a state-space model that is the transition
+``f_t`` (not the proposal), which is what :func:`~smcscale.ssm.bootstrap`,
+:func:`~smcscale.ssm.guided` and :func:`~smcscale.ssm.auxiliary` set.
 
 ``log_lookahead`` turns the filter into an auxiliary particle filter (Pitt & Shephard 1999;
 Johansen & Doucet 2008): resampling at step ``t`` uses weights ``W_{t-1} eta_t(x_{t-1})`` and
