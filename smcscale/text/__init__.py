@@ -4,13 +4,20 @@
 * :mod:`~smcscale.text.checkpoints` — GGUF and Hugging Face (Llama/Qwen2) weight loaders;
 * :mod:`~smcscale.text.tokenizer` — byte-level BPE tokenizer and chat template from GGUF metadata;
 * :mod:`~smcscale.text.lm` — the LM protocol (prefill / decode_step / reorder), :class:`JaxLM`
-  and :class:`FakeLM`.
+  and :class:`FakeLM`;
+* :mod:`~smcscale.text.potentials` — PRM protocol, step potentials (``twisted`` / ``paper``),
+  token-mask constraints;
+* :mod:`~smcscale.text.sampler` — generation as a Feynman–Kac model: particle filter,
+  particle Gibbs, parallel tempering; :mod:`~smcscale.text.search` — best-of-N, votes,
+  beam search, DVTS.
 """
 
 from .checkpoints import CheckpointError, load_gguf, load_hf, load_smollm2
 from .llama import KVCache, Llama, LlamaConfig, init_cache
 from .lm import DecodeOutput, FakeLM, FakeTokenizer, JaxLM, LanguageModel, LMState, load_default_lm, sample_next
 from .tokenizer import ModelNotFoundError, Tokenizer, TokenizerError, locate_smollm2_gguf
+from . import potentials, sampler, search
+from .sampler import GenerationConfig, TextSMCResult, parallel_tempering, particle_filter, particle_gibbs
 
 __all__ = [
     "CheckpointError",
@@ -33,4 +40,12 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "locate_smollm2_gguf",
+    "potentials",
+    "sampler",
+    "search",
+    "GenerationConfig",
+    "TextSMCResult",
+    "particle_filter",
+    "particle_gibbs",
+    "parallel_tempering",
 ]

@@ -113,7 +113,7 @@ def sample_next(key, logits, temperature: float = 1.0, top_p: float = 1.0, mask=
     else:
         prop = prop / temperature
         if top_p < 1.0:
-            prop = _top_p_filter(prop, top_p)
+            prop = top_p_filter(prop, top_p)
         logq_full = jax.nn.log_softmax(prop, axis=-1)
         keys = _row_keys(key, prop.shape[0])
         tokens = jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(keys, prop).astype(jnp.int32)
@@ -134,7 +134,7 @@ def _row_keys(key, n):
     return key
 
 
-def _top_p_filter(logits, top_p):
+def top_p_filter(logits, top_p):
     """Keep the smallest set of top tokens whose probability reaches ``top_p`` (nucleus)."""
     probs = jax.nn.softmax(logits, axis=-1)
     sorted_p = -jnp.sort(-probs, axis=-1)
