@@ -4,7 +4,7 @@ The engine (this package's top level) runs Feynman–Kac models with jitted, ESS
 particle filters. See README.md for a tour.
 """
 
-from . import csmc, kalman, learning, models, resampling, smoothing, tempering, weights
+from . import csmc, kalman, learning, models, ppg, resampling, smoothing, tempering, weights
 from .fk import FeynmanKac
 from .resampling import RESAMPLERS, get_resampler
 from .smc import (
@@ -48,6 +48,7 @@ __all__ = [
     "kalman",
     "learning",
     "models",
+    "ppg",
     "smoothing",
     "tempering",
     "resampling",
