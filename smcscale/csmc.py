@@ -169,6 +169,9 @@ def _csmc_core(key, fk, inputs, reference, num_particles, num_steps, ess_thresho
     )
 
 
+_csmc_jit = jax.jit(_csmc_core, static_argnames=("fk", "num_particles", "num_steps", "ess_threshold", "ancestor_sampling"))
+
+
 def csmc(
     key,
     fk: FeynmanKac,
@@ -189,9 +192,10 @@ def csmc(
     t = _check_reference(inputs, reference, num_particles)
     if ancestor_sampling and ess_threshold < 1.0:
         raise ValueError("ancestor sampling requires resampling at every step: use ess_threshold=1.0")
-    return jax.jit(
-        _csmc_core, static_argnames=("fk", "num_particles", "num_steps", "ess_threshold", "ancestor_sampling")
-    )(key, fk, inputs, reference, num_particles=num_particles, num_steps=t, ess_threshold=float(ess_threshold), ancestor_sampling=ancestor_sampling)
+    return _csmc_jit(
+        key, fk, inputs, reference, num_particles=int(num_particles), num_steps=t,
+        ess_threshold=float(ess_threshold), ancestor_sampling=bool(ancestor_sampling),
+    )
 
 
 def _check_reference(inputs, reference, num_particles):
