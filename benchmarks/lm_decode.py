@@ -69,7 +69,7 @@ How to run
     python benchmarks/lm_decode.py --sizes 16 --repeats 5
     python benchmarks/lm_decode.py --skip-transformers --new-tokens 64
 
-Takes ~15 minutes on a quiet 2-core CPU (transformers at N=64 dominates).
+Takes ~8 minutes on a quiet 2-core CPU (much longer when other processes compete for the cores).
 Exit status: 0 on success, 1 if a dependency is missing, 3 if a sanity check failed (the
 table, JSON and RESULT line are still written).
 """
@@ -229,7 +229,7 @@ class HFRunner:
 # reorder vs decode step
 
 
-def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls):
+def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=True):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -237,6 +237,8 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls):
     from smcscale.resampling import stable_ancestors, systematic
     from smcscale.text.lm import sample_next
 
+    if not compiled:  # generate not yet compiled at this N: warm up so generate_step_ms is clean
+        runner.generate(n, seed + 1)
     res = runner.generate(n, seed)  # cache filled with new_tokens generated tokens
     state = res["state"]
     pos0 = int(state.position)
@@ -471,7 +473,10 @@ def main(argv=None) -> int:
                 )
 
     print(f"\n  reorder vs decode step at N={args.reorder_n} ...", flush=True)
-    reo = measure_reorder(lm, smc, args.reorder_n, args.seed + 777, args.step_calls, args.reorder_calls)
+    reo = measure_reorder(
+        lm, smc, args.reorder_n, args.seed + 777, args.step_calls, args.reorder_calls,
+        compiled=args.reorder_n in args.sizes,
+    )
 
     load_avg["end"] = _loadavg()
 
