@@ -16,6 +16,7 @@ Each task is a small object with
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import re
 import unicodedata
@@ -48,7 +49,7 @@ def count_words(text: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Constraint:
+class Constraint(abc.ABC):
     """Base class: a writing ``instruction`` on a ``topic`` with an ``id``."""
 
     id: str
@@ -56,17 +57,20 @@ class Constraint:
 
     name = "constraint"
 
-    def instruction(self) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def instruction(self) -> str:
+        """The instruction shown to the model."""
 
     def prompt_messages(self) -> list[dict]:
         return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": self.instruction()}]
 
-    def check(self, text: str) -> bool:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check(self, text: str) -> bool:
+        """Whether a finished text satisfies the constraint."""
 
-    def prefix_ok(self, text_so_far: str) -> bool:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def prefix_ok(self, text_so_far: str) -> bool:
+        """False as soon as no continuation of the prefix can satisfy it."""
 
 
 @dataclasses.dataclass(frozen=True)
