@@ -34,11 +34,18 @@ def _offspring(scheme, lw, m, reps=REPS, seed=0):
 
 
 def _assert_unbiased(counts, expected, label):
-    """Mean offspring counts equal M W_i within 5 Monte Carlo standard errors."""
-    reps = counts.shape[0]
+    """Mean offspring counts equal M W_i within 5 Monte Carlo standard errors.
+
+    The sample standard error is zero when an event is rarer than 1/reps (a weight
+    of 1e-5 with 1000 repetitions is never resampled, or always resampled M times),
+    so the tolerance adds the resolution of the experiment: by the "rule of three",
+    an event not seen in ``reps`` trials has rate below 3/reps (95%), and one
+    offspring count is at most M, hence a term 3 M / reps.
+    """
+    reps, m = counts.shape[0], counts[0].sum()
     mean = counts.mean(0)
     se = counts.std(0, ddof=1) / np.sqrt(reps)
-    tol = 5.0 * se + 1e-5 * np.maximum(1.0, expected)  # float32 rounding of W
+    tol = 5.0 * se + 3.0 * m / reps + 1e-5 * np.maximum(1.0, expected)  # + float32 rounding
     bad = np.abs(mean - expected) > tol
     assert not bad.any(), (
         f"{label}: mean offspring {mean[bad]} vs expected {expected[bad]} (tolerance {tol[bad]})"
@@ -84,7 +91,7 @@ def weight_vectors(draw):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(w=weight_vectors())
 def test_unbiased_on_generated_weights(scheme, w):
     n = w.shape[0]
