@@ -1,8 +1,14 @@
 """The ``smcscale`` command line.
 
-``smcscale demo`` (the quickstart's main job until the text samplers land): simulate a
-stochastic-volatility series, run an ESS-adaptive bootstrap particle filter on it, print
-``log Z`` and an ESS summary, and save a plot and a JSON record of the run.
+* ``smcscale`` (no arguments; the quickstart's main job) = ``smcscale run``: the embedded
+  SmolLM2-135M-Instruct on a few easy arithmetic problems, particle filtering vs best-of-N
+  (and weighted best-of-N, majority vote from the same generations) at budgets 1 and 4,
+  graded, with the programmatic PRM. Prints a table, saves an accuracy-vs-budget plot;
+  results are appended to ``results.jsonl`` and a rerun resumes (see
+  :mod:`smcscale.experiment`). ``--config FILE`` (JSON/TOML) runs any grid.
+* ``smcscale report DIR``: the table and plot of an output folder, without running.
+* ``smcscale demo``: a bootstrap particle filter on a simulated stochastic-volatility
+  series: ``log Z``, an ESS summary, a plot and a JSON record.
 """
 
 from __future__ import annotations
@@ -97,9 +103,94 @@ def _demo(args) -> int:
     return 0
 
 
+def _experiment_config(args):
+    import dataclasses
+
+    from smcscale import experiment as E
+
+    cfg = E.load_config(args.config) if args.config else E.DEFAULT_CONFIG
+    changes = {}
+    if args.problems is not None:
+        changes["problems"] = args.problems
+    if args.split is not None:
+        changes["split"] = args.split
+    if args.budgets is not None:
+        changes["budgets"] = tuple(args.budgets)
+    if args.seeds is not None:
+        changes["seeds"] = tuple(args.seeds)
+    if args.methods is not None:
+        known = {m.name: m for m in cfg.methods}
+        specs = []
+        for name in args.methods:
+            if name in known:
+                specs.append(known[name])
+            elif name in E.METHOD_KINDS:
+                specs.append(E.MethodSpec(name, name))
+            else:
+                raise ValueError(f"unknown method {name!r}; choose from {sorted(set(known) | set(E.METHOD_KINDS))}")
+        changes["methods"] = tuple(specs)
+    if args.max_new_tokens is not None:
+        changes["generation"] = {**cfg.generation, "max_new_tokens": args.max_new_tokens}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def _run(args) -> int:
+    from smcscale import experiment as E
+
+    cfg = _experiment_config(args)
+    E.run_experiment(cfg, args.out, progress=not args.no_progress, plot=not args.no_plot)
+    return 0
+
+
+def _report(args) -> int:
+    import json
+
+    from smcscale import experiment as E
+
+    path = os.path.join(args.dir, "results.jsonl")
+    if not os.path.exists(path):
+        raise ValueError(f"no results.jsonl in {args.dir}")
+    store = E.ResultStore(path)
+    cfg = None
+    cpath = os.path.join(args.dir, "config.json")
+    if os.path.exists(cpath):
+        with open(cpath) as f:
+            cfg = E.ExperimentConfig(**json.load(f)["config"])
+    summary = E.summarize(store.records, cfg)
+    print(E.format_table(summary))
+    if not args.no_plot:
+        print(f"plot: {E.plot_accuracy_vs_budget(summary, os.path.join(args.dir, 'accuracy_vs_budget.png'))}")
+    return 0
+
+
+def _add_run_arguments(p) -> None:
+    p.add_argument("--config", help="experiment config (JSON or TOML; fields of smcscale.experiment.ExperimentConfig)")
+    p.add_argument("--out", default=os.path.join("smcscale_runs", "main"), help="output folder (a rerun resumes)")
+    p.add_argument("--problems", type=int, help="number of problems from the start of the split")
+    p.add_argument("--split", help="task split (default easy-test)")
+    p.add_argument("--budgets", type=int, nargs="+", help="budgets N")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds")
+    p.add_argument("--methods", nargs="+", help="method names of the config or kinds: greedy independent beam dvts pf pg")
+    p.add_argument("--max-new-tokens", type=int, help="token cap per generation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="no PNG")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smcscale", description="Sequential Monte Carlo inference-time scaling in JAX.")
+    parser = argparse.ArgumentParser(
+        prog="smcscale",
+        description="Sequential Monte Carlo inference-time scaling in JAX. With no command: `smcscale run` "
+        "(SmolLM2, particle filtering vs best-of-N on easy arithmetic problems).",
+    )
+    _add_run_arguments(parser)
     sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run or resume an experiment grid (the default command)")
+    _add_run_arguments(run)
+    run.set_defaults(func=_run)
+    report = sub.add_parser("report", help="table and plot of an experiment folder")
+    report.add_argument("dir")
+    report.add_argument("--no-plot", action="store_true")
+    report.set_defaults(func=_report)
     demo = sub.add_parser("demo", help="particle filter on a simulated stochastic-volatility series")
     demo.add_argument("--num-particles", "-N", type=int, default=10_000)
     demo.add_argument("--steps", "-T", type=int, default=250)
@@ -119,8 +210,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 2
+        args.func = _run
     try:
         return args.func(args)
     except (ValueError, TypeError) as e:

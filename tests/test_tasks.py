@@ -55,7 +55,7 @@ def test_generation_respects_ranges_and_answers_recompute():
 
 
 def test_splits_sizes_disjoint_and_fixed():
-    sizes = {"train": 500, "dev": 100, "test": 200}
+    sizes = {"train": 500, "dev": 100, "test": 200, "easy-train": 300, "easy-dev": 100, "easy-test": 200}
     splits = {name: A.load_split(name) for name in sizes}
     for name, n in sizes.items():
         assert len(splits[name]) == n
@@ -63,7 +63,12 @@ def test_splits_sizes_disjoint_and_fixed():
         assert [p.id for p in splits[name]][:2] == [f"{name}-0000", f"{name}-0001"]
         assert all(A.apply_operations(p.start, p.operations) == p.answer for p in splits[name])
     qs = {name: {p.question for p in ps} for name, ps in splits.items()}
-    assert not qs["train"] & qs["dev"] and not qs["train"] & qs["test"] and not qs["dev"] & qs["test"]
+    names = list(qs)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not qs[a] & qs[b], (a, b)
+    for name in ("easy-train", "easy-dev", "easy-test"):
+        assert all(1 <= p.num_steps <= 2 and all(op in "+-" for op, _ in p.operations) for p in splits[name])
     # the example in the prompt is in no split
     assert all("Lily" not in q and "pencils" not in q for s in qs.values() for q in s)
     # pinned: a change to the generator (or to Python's random) would silently change the test set

@@ -181,8 +181,19 @@ _PRONOUNS = {"he": ("he", "his", "him"), "she": ("she", "her", "her")}
 
 # Fixed splits: (seed, size). Built test first, then dev, then train, each excluding the
 # questions of the splits built before it, so they are disjoint by construction.
-SPLITS: dict[str, tuple[int, int]] = {"test": (20250101, 200), "dev": (20250102, 100), "train": (20250103, 500)}
-_SPLIT_ORDER = ("test", "dev", "train")
+SPLITS: dict[str, tuple[int, int]] = {
+    "test": (20250101, 200),
+    "dev": (20250102, 100),
+    "train": (20250103, 500),
+    "easy-test": (20250111, 200),
+    "easy-dev": (20250112, 100),
+    "easy-train": (20250113, 300),
+}
+_SPLIT_ORDER = ("test", "dev", "train", "easy-test", "easy-dev", "easy-train")
+#: Generator settings of the easy splits: 1-2 additions/subtractions of operands up to 10
+#: (SmolLM2-135M solves the standard splits about 1 time in 32; these give the samplers
+#: room to show a difference).
+EASY = {"min_steps": 1, "max_steps": 2, "max_operand": 10, "ops": ("+", "-")}
 _MAX_MULTIPLIER = 5
 
 
@@ -299,7 +310,8 @@ def _build_splits() -> dict[str, list[Problem]]:
         built = {}
         for split in _SPLIT_ORDER:
             seed, size = SPLITS[split]
-            probs = generate_problems(seed, size, exclude=frozenset(taken))
+            kw = EASY if split.startswith("easy-") else {}
+            probs = generate_problems(seed, size, exclude=frozenset(taken), **kw)
             probs = [dataclasses.replace(p, id=f"{split}-{i:04d}") for i, p in enumerate(probs)]
             taken.update(p.question for p in probs)
             built[split] = probs
@@ -312,9 +324,10 @@ def _build_splits() -> dict[str, list[Problem]]:
 
 
 def load_split(name: str) -> list[Problem]:
-    """The fixed split ``"train"`` (500), ``"dev"`` (100) or ``"test"`` (200).
+    """The fixed split ``"train"`` (500), ``"dev"`` (100) or ``"test"`` (200), or the easier
+    ``"easy-train"`` (300), ``"easy-dev"`` (100), ``"easy-test"`` (200) (settings :data:`EASY`).
 
-    Built from the seeds in :data:`SPLITS` (test first, then dev, then train, each excluding
+    Built from the seeds in :data:`SPLITS` (in the order of ``_SPLIT_ORDER``, each excluding
     earlier questions), with ids ``"{split}-0000"`` ...; disjoint by construction and checked.
     """
     if name not in SPLITS:

@@ -1,0 +1,545 @@
+r"""Experiment runner: problems × methods × budgets × seeds, appended to JSONL, resumable.
+
+An experiment is the grid of **units** ``(problem, method, budget N, seed)``. Each unit runs
+one sampler or search method (:mod:`smcscale.text.sampler`, :mod:`smcscale.text.search`) on
+one problem with compute budget ``N`` (generations / particles / beams) and is graded. Its
+record (answer, correctness, budget counters, wall time, ...) is appended to
+``results.jsonl`` as one line, flushed and ``fsync``-ed as soon as the unit finishes.
+
+**Resuming.** On start the runner reads ``results.jsonl``; a unit whose id is already there
+is skipped, so a rerun after a crash or ``kill -9`` redoes nothing that finished and loses
+nothing. A torn last line (a kill in the middle of a write) is detected (it does not end
+with a newline or does not parse) and cut off. ``config.json`` in the output folder records
+the settings that change results (task, split, LM, PRM, generation settings, method
+options); resuming with different ones is refused (use a new output folder), while
+problems, budgets and seeds may be extended.
+
+**Seeds.** The key of a unit is ``fold_in(key(seed), crc32("problem|method|N"))``: the same
+config gives the same records, whatever the order or the number of restarts.
+
+**Methods** (``kind`` → what runs at budget ``N``):
+
+=======================  ==================================================================
+``greedy``               temperature 0, one generation (budget-free: run at ``N = 1`` only)
+``independent``          ``N`` independent samples, graded under three rules from the *same*
+                         generations: ``best_of_n`` (top PRM score), ``weighted_best_of_n``
+                         (largest summed score per answer) and ``majority`` (vote)
+``beam``                 step-level beam search, ``N`` beams of width ``min(4, N)``
+``dvts``                 diverse verifier tree search, ``N / min(4, N)`` subtrees
+``pf``                   particle filter, ``N`` particles (twisted mode, ESS-adaptive)
+``pg``                   particle Gibbs, ``iterations`` sweeps of ``N / iterations`` particles
+                         (total generations ``N``; skipped when fewer than 2 per sweep)
+=======================  ==================================================================
+
+**Summary.** Accuracy per (method, N) over problems × seeds with Wilson 95% intervals, mean
+generated tokens and wall time; printed as a table, saved as ``summary.json`` and plotted as
+accuracy vs budget (``accuracy_vs_budget.png``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+import zlib
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "MethodSpec",
+    "ExperimentConfig",
+    "DEFAULT_CONFIG",
+    "load_config",
+    "unit_id",
+    "ResultStore",
+    "run_units",
+    "run_experiment",
+    "summarize",
+    "format_table",
+    "plot_accuracy_vs_budget",
+    "wilson_interval",
+]
+
+METHOD_KINDS = ("greedy", "independent", "beam", "dvts", "pf", "pg")
+INDEPENDENT_RULES = ("best_of_n", "weighted_best_of_n", "majority")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One method of the grid: a display ``name``, its ``kind`` (see the module docstring)
+    and keyword ``options`` forwarded to the sampler (e.g. ``{"mode": "paper"}`` for ``pf``,
+    ``{"iterations": 2, "ancestor_sampling": True}`` for ``pg``, ``{"beam_width": 2}``)."""
+
+    name: str
+    kind: str
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in METHOD_KINDS:
+            raise ValueError(f"unknown method kind {self.kind!r} for method {self.name!r}; choose from {METHOD_KINDS}")
+        if not self.name or "|" in self.name:
+            raise ValueError(f"method name must be non-empty and contain no '|', got {self.name!r}")
+
+    def min_budget(self) -> int:
+        if self.kind == "pg":
+            return 2 * int(self.options.get("iterations", 2))
+        return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A grid of problems × methods × budgets × seeds (see the module docstring).
+
+    Attributes:
+      task: ``"arithmetic"`` (:mod:`smcscale.tasks.arithmetic`).
+      split: a split of the task (``"test"``, ``"dev"``, ``"train"``, or the easier
+        ``"easy-test"``...).
+      problems: how many problems from the start of the split, or a list of problem ids.
+      methods: :class:`MethodSpec` list.
+      budgets: the budgets ``N``.
+      seeds: seeds (each gives an independent run of every unit).
+      lm: ``"smollm2"`` (the embedded SmolLM2-135M-Instruct).
+      prm: ``"programmatic"`` (the exact arithmetic checker of the task).
+      generation: keyword arguments of :class:`~smcscale.text.sampler.GenerationConfig`.
+    """
+
+    task: str = "arithmetic"
+    split: str = "easy-test"
+    problems: Any = 4
+    methods: tuple = ()
+    budgets: tuple = (1, 4)
+    seeds: tuple = (0,)
+    lm: str = "smollm2"
+    prm: str = "programmatic"
+    generation: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        methods = tuple(m if isinstance(m, MethodSpec) else MethodSpec(**m) for m in self.methods)
+        object.__setattr__(self, "methods", methods)
+        object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not methods:
+            raise ValueError("an experiment needs at least one method")
+        names = [m.name for m in methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method names must be unique, got {names}")
+        if not self.budgets or any(b < 1 for b in self.budgets):
+            raise ValueError(f"budgets must be positive integers, got {self.budgets}")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+        if self.task != "arithmetic":
+            raise ValueError(f"unknown task {self.task!r}; choose from ('arithmetic',)")
+        if self.lm != "smollm2":
+            raise ValueError(f"unknown lm {self.lm!r}; choose from ('smollm2',)")
+        if self.prm != "programmatic":
+            raise ValueError(f"unknown prm {self.prm!r}; choose from ('programmatic',)")
+        from .text.sampler import GenerationConfig
+
+        GenerationConfig(**self.generation)  # validate early, with its messages
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["methods"] = [dataclasses.asdict(m) for m in self.methods]
+        d["budgets"], d["seeds"] = list(self.budgets), list(self.seeds)
+        return d
+
+    def fingerprint(self) -> dict:
+        """The settings that change results (resuming with other values is refused)."""
+        d = self.as_dict()
+        return {k: d[k] for k in ("task", "split", "lm", "prm", "generation", "methods")}
+
+
+#: The main job (``smcscale`` with no arguments): particle filtering vs best-of-N with the
+#: embedded SmolLM2 on a few easy arithmetic problems, at budgets 1 and 4 (a few minutes on
+#: two CPU cores).
+DEFAULT_CONFIG = ExperimentConfig(
+    task="arithmetic",
+    split="easy-test",
+    problems=4,
+    methods=(MethodSpec("pf", "pf"), MethodSpec("independent", "independent")),
+    budgets=(1, 4),
+    seeds=(0,),
+    generation={"max_new_tokens": 96, "max_step_tokens": 24, "temperature": 0.8},
+)
+
+
+def load_config(path) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a JSON or TOML file (keys as its fields)."""
+    path = os.fspath(path)
+    if path.endswith(".toml"):
+        import tomllib
+
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    else:
+        with open(path) as f:
+            data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of ExperimentConfig fields")
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
+    return ExperimentConfig(**data)
+
+
+def unit_id(problem_id: str, method: str, budget: int, seed: int) -> str:
+    return f"{problem_id}|{method}|{int(budget)}|{int(seed)}"
+
+
+# ---------------------------------------------------------------------------------------
+# the store: append-only JSONL
+
+
+class ResultStore:
+    """Append-only JSONL of unit records with crash-safe resume (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.records: list[dict] = []
+        self.done: set[str] = set()
+        self._load()
+
+    def _load(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb") as f:
+            data = f.read()
+        good = data.rfind(b"\n") + 1  # bytes up to the last complete line
+        if good < len(data):
+            warnings.warn(
+                f"{self.path}: dropping a torn last line ({len(data) - good} bytes) left by an interrupted write",
+                stacklevel=3,
+            )
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+        for n, line in enumerate(data[:good].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{self.path}:{n}: corrupt record ({e}); fix or remove that line") from None
+            if rec.get("unit") in self.done:
+                raise ValueError(f"{self.path}:{n}: duplicate record for unit {rec.get('unit')!r}")
+            self.records.append(rec)
+            self.done.add(rec["unit"])
+
+    def append(self, record: dict) -> None:
+        if record["unit"] in self.done:
+            raise ValueError(f"unit {record['unit']!r} already recorded")
+        line = json.dumps(record, sort_keys=True, default=_json_default) + "\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.append(record)
+        self.done.add(record["unit"])
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def run_units(units: Sequence[dict], solve: Callable[[dict], dict], store: ResultStore, *, progress: bool = True,
+              desc: str = "units") -> list[dict]:
+    """Run every unit not yet in ``store`` through ``solve(unit) -> record fields`` and
+    append each record as soon as it is done. ``unit`` is a dict with at least ``"unit"``
+    (its id). Returns the records of all ``units`` (old and new), in ``units`` order."""
+    todo = [u for u in units if u["unit"] not in store.done]
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=desc, unit="unit", dynamic_ncols=True)
+    try:
+        for u in todo:
+            rec = dict(u)
+            rec.update(solve(u))
+            store.append(rec)
+            if bar is not None:
+                bar.set_postfix_str(f"{u['unit']}", refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    by_id = {r["unit"]: r for r in store.records}
+    return [by_id[u["unit"]] for u in units]
+
+
+# ---------------------------------------------------------------------------------------
+# the arithmetic task
+
+
+def _problems(cfg: ExperimentConfig):
+    from .tasks import arithmetic as A
+
+    probs = A.load_split(cfg.split)
+    if isinstance(cfg.problems, int):
+        if not 1 <= cfg.problems <= len(probs):
+            raise ValueError(f"problems must be in [1, {len(probs)}] for split {cfg.split!r}, got {cfg.problems}")
+        return probs[: cfg.problems]
+    by_id = {p.id: p for p in probs}
+    missing = [i for i in cfg.problems if i not in by_id]
+    if missing:
+        raise ValueError(f"unknown problem ids in split {cfg.split!r}: {missing[:5]}")
+    return [by_id[i] for i in cfg.problems]
+
+
+def _units(cfg: ExperimentConfig, problems) -> list[dict]:
+    out = []
+    for seed in cfg.seeds:
+        for p in problems:
+            for m in cfg.methods:
+                budgets = (1,) if m.kind == "greedy" else cfg.budgets
+                for n in budgets:
+                    if n < m.min_budget():
+                        continue
+                    out.append({"unit": unit_id(p.id, m.name, n, seed), "problem": p.id, "method": m.name,
+                                "kind": m.kind, "budget": n, "seed": seed})
+    return out
+
+
+def _unit_key(u: dict):
+    import jax
+
+    h = zlib.crc32(f"{u['problem']}|{u['method']}|{u['budget']}".encode())
+    return jax.random.fold_in(jax.random.key(u["seed"]), h & 0x7FFFFFFF)
+
+
+def _solver(cfg: ExperimentConfig, lm, problems) -> Callable[[dict], dict]:
+    from .tasks import arithmetic as A
+    from .text import sampler as S
+    from .text import search as Q
+    from .text.potentials import ProgrammaticPRM
+
+    by_id = {p.id: p for p in problems}
+    methods = {m.name: m for m in cfg.methods}
+    gen = S.GenerationConfig(**cfg.generation)
+
+    def solve(u: dict) -> dict:
+        p, m, n = by_id[u["problem"]], methods[u["method"]], u["budget"]
+        prompt = A.format_prompt(p)
+        prm = ProgrammaticPRM()
+        common = dict(key=_unit_key(u), answer_fn=A.extract_answer, prm_context=p.question)
+        opts = dict(m.options)
+        t0 = time.perf_counter()
+        rules = None
+        if m.kind == "greedy":
+            res = Q.best_of_n(lm, prm, prompt, 1, config=dataclasses.replace(gen, temperature=0.0), **common)
+        elif m.kind == "independent":
+            res = Q.best_of_n(lm, prm, prompt, n, config=gen, **common, **opts)
+            rules = {r: res.info["selections"].get(r) for r in INDEPENDENT_RULES}
+        elif m.kind == "beam":
+            res = Q.beam_search(lm, prm, prompt, n, beam_width=opts.pop("beam_width", min(4, n)), config=gen,
+                                **common, **opts)
+        elif m.kind == "dvts":
+            res = Q.dvts(lm, prm, prompt, n, beam_width=opts.pop("beam_width", min(4, n)), config=gen, **common, **opts)
+        elif m.kind == "pf":
+            res = S.particle_filter(lm, prm, prompt, n, config=gen, **common, **opts)
+        elif m.kind == "pg":
+            iters = int(opts.pop("iterations", 2))
+            res = S.particle_gibbs(lm, prm, prompt, n // iters, iters, config=gen, **common, **opts)
+        else:  # pragma: no cover - validated in MethodSpec
+            raise AssertionError(m.kind)
+        wall = time.perf_counter() - t0
+        answers = rules if rules is not None else {m.name: res.selected_answer}
+        rec = {
+            "answers": {k: _plain(v) for k, v in answers.items()},
+            "correct": {k: bool(v is not None and v == p.answer) for k, v in answers.items()},
+            "reference_answer": p.answer,
+            "num_generations": len(res.texts),
+            "finish_reasons": _counts(res.finish_reasons),
+            "budget_counters": res.budget.as_dict(),
+            "wall_time_s": wall,
+            "selected_text": res.selected_text,
+        }
+        if m.kind in ("pf", "pg"):
+            rec["log_z"] = _plain(res.log_z)
+            rec["posterior_accuracy"] = res.weighted(lambda a: a is not None and a == p.answer)
+            rec["ess"] = np.asarray(res.ess, float).round(3).tolist()
+            rec["num_resamples"] = int(np.sum(res.resampled))
+        return rec
+
+    return solve
+
+
+def _plain(v):
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else repr(v)
+    try:
+        return int(v) if float(v) == int(v) else float(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _counts(xs: Iterable) -> dict:
+    out: dict = {}
+    for x in xs:
+        out[str(x)] = out.get(str(x), 0) + 1
+    return out
+
+
+def _check_resume(cfg: ExperimentConfig, out_dir: str) -> None:
+    path = os.path.join(out_dir, "config.json")
+    fp = cfg.fingerprint()
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        old_fp = old.get("fingerprint", {})
+        diff = sorted(k for k in set(fp) | set(old_fp) if json.dumps(fp.get(k), sort_keys=True)
+                      != json.dumps(old_fp.get(k), sort_keys=True))
+        if diff:
+            raise ValueError(
+                f"{out_dir} holds results of a different experiment (differs in: {', '.join(diff)}); "
+                "use another output folder (--out) to start a new one"
+            )
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"config": cfg.as_dict(), "fingerprint": fp}, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir, *, lm=None, progress: bool = True, plot: bool = True,
+                   echo: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the grid of ``cfg``, writing into ``out_dir``: ``config.json``,
+    ``results.jsonl`` (one line per unit, appended as it finishes), ``summary.json`` and
+    ``accuracy_vs_budget.png``. ``lm`` defaults to the embedded SmolLM2. Returns the summary."""
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    problems = _problems(cfg)
+    _check_resume(cfg, out_dir)
+    store = ResultStore(os.path.join(out_dir, "results.jsonl"))
+    units = _units(cfg, problems)
+    todo = sum(u["unit"] not in store.done for u in units)
+    echo(f"smcscale: {len(units)} units ({len(problems)} problems x {len(cfg.methods)} methods x budgets "
+         f"{list(cfg.budgets)} x seeds {list(cfg.seeds)}); {len(units) - todo} already done in {out_dir}")
+    if todo:
+        if lm is None:
+            from .text.lm import load_default_lm
+
+            lm = load_default_lm()
+        run_units(units, _solver(cfg, lm, problems), store, progress=progress, desc="experiment")
+    records = [r for r in store.records if r["unit"] in {u["unit"] for u in units}]
+    summary = summarize(records, cfg)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=_json_default)
+    echo(format_table(summary))
+    if plot:
+        png = plot_accuracy_vs_budget(summary, os.path.join(out_dir, "accuracy_vs_budget.png"))
+        summary["plot"] = png
+        echo(f"plot: {png}")
+    echo(f"results: {store.path}")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# summary, table, plot
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``k / n`` (95% by default)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def summarize(records: Sequence[dict], cfg: Optional[ExperimentConfig] = None) -> dict:
+    """Accuracy per (rule, budget) with Wilson 95% intervals and mean costs.
+
+    A record of an ``independent`` unit contributes to its three rules. Greedy (budget-free)
+    rows have budget 1. Returns ``{"rows": [...], "num_records": ...}``; each row has
+    ``method, budget, n, correct, accuracy, ci_low, ci_high, mean_generated_tokens,
+    mean_lm_forward_tokens, mean_wall_time_s``.
+    """
+    cells: dict = {}
+    for r in records:
+        for rule, ok in r["correct"].items():
+            c = cells.setdefault((rule, r["budget"]), {"k": 0, "n": 0, "tok": [], "fwd": [], "wall": [], "kind": r["kind"]})
+            c["k"] += bool(ok)
+            c["n"] += 1
+            c["tok"].append(r["budget_counters"]["generated_tokens"])
+            c["fwd"].append(r["budget_counters"]["lm_forward_tokens"])
+            c["wall"].append(r["wall_time_s"])
+    order = []
+    if cfg is not None:
+        for m in cfg.methods:
+            order += list(INDEPENDENT_RULES) if m.kind == "independent" else [m.name]
+    rank = {name: i for i, name in enumerate(order)}
+    rows = []
+    for (rule, n), c in sorted(cells.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0][0], kv[0][1])):
+        lo, hi = wilson_interval(c["k"], c["n"])
+        rows.append({"method": rule, "kind": c["kind"], "budget": n, "n": c["n"], "correct": c["k"],
+                     "accuracy": c["k"] / c["n"], "ci_low": lo, "ci_high": hi,
+                     "mean_generated_tokens": float(np.mean(c["tok"])),
+                     "mean_lm_forward_tokens": float(np.mean(c["fwd"])),
+                     "mean_wall_time_s": float(np.mean(c["wall"]))})
+    return {"rows": rows, "num_records": len(records)}
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a fixed-width text table."""
+    head = f"{'method':<20} {'N':>4} {'acc':>6} {'95% CI':>15} {'n':>4} {'gen tok':>8} {'LM fwd tok':>10} {'wall s':>7}"
+    lines = [head, "-" * len(head)]
+    for r in summary["rows"]:
+        ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        lines.append(f"{r['method']:<20} {r['budget']:>4} {r['accuracy']:>6.3f} {ci:>15} {r['n']:>4} "
+                     f"{r['mean_generated_tokens']:>8.0f} {r['mean_lm_forward_tokens']:>10.0f} {r['mean_wall_time_s']:>7.1f}")
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_budget(summary: dict, path) -> str:
+    """Accuracy (with 95% intervals) vs budget ``N`` (log2 axis) and vs mean generated
+    tokens, one line per method; greedy as a horizontal line. Returns the PNG path."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, m in enumerate(methods):
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["budget"])
+        color = f"C{i % 10}"
+        acc = np.array([r["accuracy"] for r in rs])
+        err = np.array([[r["accuracy"] - r["ci_low"] for r in rs], [r["ci_high"] - r["accuracy"] for r in rs]])
+        if rs[0]["kind"] == "greedy":
+            for ax in axes:
+                ax.axhline(acc[0], color=color, ls="--", lw=1, label=f"{m} (N=1)")
+            continue
+        xs = [r["budget"] for r in rs]
+        axes[0].errorbar(xs, acc, yerr=err, marker="o", capsize=3, color=color, label=m)
+        axes[1].plot([r["mean_generated_tokens"] for r in rs], acc, marker="o", color=color, label=m)
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlabel("budget N (generations / particles / beams)")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("mean generated tokens per problem")
+    for ax in axes:
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"accuracy vs budget ({summary['num_records']} runs; 95% Wilson intervals)")
+    fig.tight_layout()
+    path = os.fspath(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

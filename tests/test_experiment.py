@@ -1,0 +1,200 @@
+"""Experiment runner: JSONL store, crash/resume, config validation, summary statistics,
+and the CLI end to end on the embedded SmolLM2 (killed mid-way and resumed)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from smcscale import experiment as E
+
+
+def _units(n):
+    return [{"unit": f"p{i}|m|1|0", "problem": f"p{i}", "method": "m", "kind": "pf", "budget": 1, "seed": 0}
+            for i in range(n)]
+
+
+def test_run_units_resumes_after_a_crash_without_redoing_or_losing_work(tmp_path):
+    path = tmp_path / "results.jsonl"
+    calls = []
+
+    def solve(u, crash_at=None):
+        if crash_at is not None and len(calls) == crash_at:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(u["unit"])
+        return {"value": int(u["problem"][1:]) ** 2}
+
+    units = _units(6)
+    with pytest.raises(KeyboardInterrupt):
+        E.run_units(units, lambda u: solve(u, crash_at=3), E.ResultStore(path), progress=False)
+    assert len(path.read_text().splitlines()) == 3
+    recs = E.run_units(units, solve, E.ResultStore(path), progress=False)
+    assert calls == [u["unit"] for u in units]  # each unit solved exactly once over both runs
+    assert [r["value"] for r in recs] == [i * i for i in range(6)]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 6 and len({json.loads(x)["unit"] for x in lines}) == 6
+    # a third run has nothing to do
+    E.run_units(units, lambda u: pytest.fail("re-solved a finished unit"), E.ResultStore(path), progress=False)
+
+
+def test_store_cuts_a_torn_last_line_and_rejects_corruption_and_duplicates(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = json.dumps({"unit": "a", "x": 1}) + "\n"
+    path.write_text(good + '{"unit": "b", "x"')  # killed in the middle of a write
+    with pytest.warns(UserWarning, match="torn last line"):
+        store = E.ResultStore(path)
+    assert store.done == {"a"} and path.read_text() == good
+    store.append({"unit": "b", "x": 2})
+    assert E.ResultStore(path).done == {"a", "b"}
+    with pytest.raises(ValueError, match="already recorded"):
+        store.append({"unit": "a", "x": 3})
+    path.write_text(good + "not json\n" + good)
+    with pytest.raises(ValueError, match=r"results.jsonl:2: corrupt record"):
+        E.ResultStore(path)
+    path.write_text(good + good)
+    with pytest.raises(ValueError, match="duplicate record for unit 'a'"):
+        E.ResultStore(path)
+
+
+def test_wilson_interval_matches_closed_form():
+    lo, hi = E.wilson_interval(7, 10)
+    # Wilson (1927) 95% interval for 7/10: centre (p + z^2/2n)/(1 + z^2/n)
+    z = 1.959964
+    p, n = 0.7, 10
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert lo == pytest.approx(centre - half) and hi == pytest.approx(centre + half)
+    assert lo == pytest.approx(0.3968, abs=1e-4) and hi == pytest.approx(0.8922, abs=1e-4)
+    assert E.wilson_interval(0, 5)[0] == 0.0 and E.wilson_interval(5, 5)[1] == 1.0
+    assert all(math.isnan(v) for v in E.wilson_interval(0, 0))
+
+
+def _record(problem, method, kind, budget, correct, tokens):
+    return {"unit": E.unit_id(problem, method, budget, 0), "problem": problem, "method": method, "kind": kind,
+            "budget": budget, "seed": 0, "correct": correct, "wall_time_s": 1.0,
+            "budget_counters": {"generated_tokens": tokens, "lm_forward_tokens": 2 * tokens}}
+
+
+def test_summary_counts_every_rule_of_shared_generations_and_plots(tmp_path):
+    recs = [
+        _record("p0", "ind", "independent", 4, {"best_of_n": True, "weighted_best_of_n": False, "majority": True}, 100),
+        _record("p1", "ind", "independent", 4, {"best_of_n": True, "weighted_best_of_n": True, "majority": False}, 300),
+        _record("p0", "pf", "pf", 4, {"pf": False}, 50),
+        _record("p1", "pf", "pf", 4, {"pf": True}, 70),
+        _record("p0", "g", "greedy", 1, {"g": True}, 10),
+    ]
+    cfg = E.ExperimentConfig(methods=[{"name": "pf", "kind": "pf"}, {"name": "ind", "kind": "independent"},
+                                      {"name": "g", "kind": "greedy"}])
+    s = E.summarize(recs, cfg)
+    rows = {(r["method"], r["budget"]): r for r in s["rows"]}
+    assert [r["method"] for r in s["rows"]] == ["pf", "best_of_n", "weighted_best_of_n", "majority", "g"]
+    assert rows[("best_of_n", 4)]["accuracy"] == 1.0 and rows[("majority", 4)]["correct"] == 1
+    assert rows[("pf", 4)]["mean_generated_tokens"] == 60 and rows[("pf", 4)]["mean_lm_forward_tokens"] == 120
+    assert rows[("g", 1)]["n"] == 1
+    table = E.format_table(s)
+    assert table.splitlines()[0].split()[:3] == ["method", "N", "acc"] and "weighted_best_of_n" in table
+    png = E.plot_accuracy_vs_budget(s, tmp_path / "acc.png")
+    assert os.path.getsize(png) > 10_000
+
+
+def test_config_validation_and_loading(tmp_path):
+    with pytest.raises(ValueError, match="unknown method kind 'bogus'"):
+        E.MethodSpec("x", "bogus")
+    with pytest.raises(ValueError, match="at least one method"):
+        E.ExperimentConfig(methods=())
+    with pytest.raises(ValueError, match="method names must be unique"):
+        E.ExperimentConfig(methods=[{"name": "a", "kind": "pf"}, {"name": "a", "kind": "beam"}])
+    with pytest.raises(ValueError, match="budgets must be positive"):
+        E.ExperimentConfig(methods=[{"name": "a", "kind": "pf"}], budgets=(0,))
+    with pytest.raises(ValueError, match="temperature"):
+        E.ExperimentConfig(methods=[{"name": "a", "kind": "pf"}], generation={"temperature": -1})
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"methods": [{"name": "a", "kind": "pf"}], "budgets": [2], "colour": "red"}))
+    with pytest.raises(ValueError, match=r"unknown config keys \['colour'\]"):
+        E.load_config(p)
+    t = tmp_path / "c.toml"
+    t.write_text('split = "easy-dev"\nbudgets = [1, 2]\n[[methods]]\nname = "pg2"\nkind = "pg"\n'
+                 '[methods.options]\niterations = 2\n')
+    cfg = E.load_config(t)
+    assert cfg.split == "easy-dev" and cfg.methods[0].options == {"iterations": 2} and cfg.budgets == (1, 2)
+    # PG with 2 sweeps needs >= 4 generations; greedy runs once per problem
+    cfg = E.ExperimentConfig(methods=[{"name": "pg2", "kind": "pg"}, {"name": "g", "kind": "greedy"}], budgets=(1, 2, 4))
+    units = E._units(cfg, E._problems(cfg)[:1])
+    assert sorted((u["method"], u["budget"]) for u in units) == [("g", 1), ("pg2", 4)]
+
+
+def test_resuming_with_a_different_experiment_is_refused(tmp_path):
+    cfg = E.ExperimentConfig(methods=[{"name": "a", "kind": "pf"}])
+    E._check_resume(cfg, str(tmp_path))
+    E._check_resume(E.ExperimentConfig(methods=[{"name": "a", "kind": "pf"}], budgets=(1, 2, 8)), str(tmp_path))
+    other = E.ExperimentConfig(methods=[{"name": "a", "kind": "pf"}], generation={"temperature": 0.5})
+    with pytest.raises(ValueError, match="differs in: generation"):
+        E._check_resume(other, str(tmp_path))
+
+
+def test_unit_keys_are_deterministic_and_distinct():
+    import jax
+
+    u = {"problem": "p0", "method": "pf", "budget": 4, "seed": 0}
+    k1, k2 = E._unit_key(u), E._unit_key(dict(u))
+    assert np.array_equal(jax.random.key_data(k1), jax.random.key_data(k2))
+    k3 = E._unit_key(dict(u, budget=8))
+    assert not np.array_equal(jax.random.key_data(k1), jax.random.key_data(k3))
+
+
+# ---------------------------------------------------------------------------------------
+# end to end on the embedded model
+
+
+def _cli(args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "smcscale.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+def test_cli_on_smollm2_killed_mid_way_resumes_without_loss_or_duplicates(tmp_path):
+    from smcscale.text.tokenizer import ModelNotFoundError, locate_smollm2_gguf
+
+    try:
+        locate_smollm2_gguf()
+    except ModelNotFoundError as e:
+        pytest.skip(str(e))
+    out = tmp_path / "run"
+    args = ["run", "--problems", "2", "--budgets", "1", "2", "--max-new-tokens", "40", "--out", str(out), "--no-progress"]
+    results = out / "results.jsonl"
+    proc = _cli(args)
+    t0 = time.time()
+    while time.time() - t0 < 600:
+        if results.exists() and len(results.read_text().splitlines()) >= 2:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the CLI ended before it could be killed:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = results.read_text().splitlines()
+    assert 2 <= len(before) < 8, "the run should have been killed mid-way"
+    # resume: finishes the remaining units only
+    proc = _cli(args)
+    text, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, text
+    after = results.read_text().splitlines()
+    assert after[: len(before)] == before, "finished records were lost or rewritten"
+    recs = [json.loads(x) for x in after]
+    units = [r["unit"] for r in recs]
+    assert len(units) == len(set(units)) == 8  # 2 problems x (pf, independent) x budgets (1, 2)
+    assert f"{len(before)} already done" in text
+    for r in recs:
+        assert r["budget_counters"]["generations"] == r["budget"]
+        assert 0 < r["budget_counters"]["generated_tokens"] <= 40 * r["budget"]
+        assert set(r["correct"]) == ({"pf"} if r["method"] == "pf" else set(E.INDEPENDENT_RULES))
+    assert "best_of_n" in text and "95% CI" in text
+    assert (out / "accuracy_vs_budget.png").stat().st_size > 10_000
+    summary = json.load(open(out / "summary.json"))
+    assert summary["num_records"] == 8 and {r["method"] for r in summary["rows"]} >= {"pf", "best_of_n", "majority"}
