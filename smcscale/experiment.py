@@ -12,7 +12,7 @@ nothing. A torn last line (a kill in the middle of a write) is detected (it does
 with a newline or does not parse) and cut off. ``config.json`` in the output folder records
 the settings that change results (task, split, LM, PRM, generation settings, method
 options); resuming with different ones is refused (use a new output folder), while
-problems, budgets and seeds may be extended.
+problems, budgets, seeds and methods may be added.
 
 **Seeds.** The key of a unit is ``fold_in(key(seed), crc32("problem|method|N"))``: the same
 config gives the same records, whatever the order or the number of restarts.
@@ -23,7 +23,8 @@ config gives the same records, whatever the order or the number of restarts.
 ``greedy``               temperature 0, one generation (budget-free: run at ``N = 1`` only)
 ``independent``          ``N`` independent samples, graded under three rules from the *same*
                          generations: ``best_of_n`` (top PRM score), ``weighted_best_of_n``
-                         (largest summed score per answer) and ``majority`` (vote)
+                         (largest summed score per answer) and ``majority`` (vote); the
+                         record keeps every sample's answer and score (``samples``)
 ``beam``                 step-level beam search, ``N`` beams of width ``min(4, N)``
 ``dvts``                 diverse verifier tree search, ``N / min(4, N)`` subtrees
 ``pf``                   particle filter, ``N`` particles (twisted mode, ESS-adaptive)
@@ -62,6 +63,7 @@ __all__ = [
     "format_table",
     "plot_accuracy_vs_budget",
     "wilson_interval",
+    "subsampled_accuracy",
 ]
 
 METHOD_KINDS = ("greedy", "independent", "beam", "dvts", "pf", "pg")
@@ -72,7 +74,8 @@ INDEPENDENT_RULES = ("best_of_n", "weighted_best_of_n", "majority")
 class MethodSpec:
     """One method of the grid: a display ``name``, its ``kind`` (see the module docstring)
     and keyword ``options`` forwarded to the sampler (e.g. ``{"mode": "paper"}`` for ``pf``,
-    ``{"iterations": 2, "ancestor_sampling": True}`` for ``pg``, ``{"beam_width": 2}``)."""
+    ``{"iterations": 2, "ancestor_sampling": True}`` for ``pg``, ``{"beam_width": 2}``).
+    The reserved option ``budgets`` overrides the grid's budgets for this method."""
 
     name: str
     kind: str
@@ -83,6 +86,16 @@ class MethodSpec:
             raise ValueError(f"unknown method kind {self.kind!r} for method {self.name!r}; choose from {METHOD_KINDS}")
         if not self.name or "|" in self.name:
             raise ValueError(f"method name must be non-empty and contain no '|', got {self.name!r}")
+
+    def budgets(self, grid: Sequence[int]) -> tuple:
+        """The budgets this method runs at: ``options["budgets"]`` if given (e.g. one large
+        pool of independent samples to subsample from), else the grid's; greedy runs at 1."""
+        if self.kind == "greedy":
+            return (1,)
+        return tuple(int(b) for b in self.options.get("budgets", grid))
+
+    def sampler_options(self) -> dict:
+        return {k: v for k, v in self.options.items() if k != "budgets"}
 
     def min_budget(self) -> int:
         if self.kind == "pg":
@@ -150,7 +163,9 @@ class ExperimentConfig:
     def fingerprint(self) -> dict:
         """The settings that change results (resuming with other values is refused)."""
         d = self.as_dict()
-        return {k: d[k] for k in ("task", "split", "lm", "prm", "generation", "methods")}
+        out = {k: d[k] for k in ("task", "split", "lm", "prm", "generation")}
+        out["methods"] = {m["name"]: m for m in d["methods"]}
+        return out
 
 
 #: The main job (``smcscale`` with no arguments): particle filtering vs best-of-N with the
@@ -301,8 +316,7 @@ def _units(cfg: ExperimentConfig, problems) -> list[dict]:
     for seed in cfg.seeds:
         for p in problems:
             for m in cfg.methods:
-                budgets = (1,) if m.kind == "greedy" else cfg.budgets
-                for n in budgets:
+                for n in m.budgets(cfg.budgets):
                     if n < m.min_budget():
                         continue
                     out.append({"unit": unit_id(p.id, m.name, n, seed), "problem": p.id, "method": m.name,
@@ -332,7 +346,7 @@ def _solver(cfg: ExperimentConfig, lm, problems) -> Callable[[dict], dict]:
         prompt = A.format_prompt(p)
         prm = ProgrammaticPRM()
         common = dict(key=_unit_key(u), answer_fn=A.extract_answer, prm_context=p.question)
-        opts = dict(m.options)
+        opts = m.sampler_options()
         t0 = time.perf_counter()
         rules = None
         if m.kind == "greedy":
@@ -364,6 +378,8 @@ def _solver(cfg: ExperimentConfig, lm, problems) -> Callable[[dict], dict]:
             "wall_time_s": wall,
             "selected_text": res.selected_text,
         }
+        if m.kind == "independent":  # the whole pool, to estimate best-of-k for k < N by subsampling
+            rec["samples"] = [[_plain(a), float(sc)] for a, sc in zip(res.answers, res.scores)]
         if m.kind in ("pf", "pg"):
             rec["log_z"] = _plain(res.log_z)
             rec["posterior_accuracy"] = res.weighted(lambda a: a is not None and a == p.answer)
@@ -399,8 +415,10 @@ def _check_resume(cfg: ExperimentConfig, out_dir: str) -> None:
         with open(path) as f:
             old = json.load(f)
         old_fp = old.get("fingerprint", {})
-        diff = sorted(k for k in set(fp) | set(old_fp) if json.dumps(fp.get(k), sort_keys=True)
-                      != json.dumps(old_fp.get(k), sort_keys=True))
+        same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+        diff = sorted(k for k in set(fp) | set(old_fp) if k != "methods" and not same(fp.get(k), old_fp.get(k)))
+        old_m, new_m = old_fp.get("methods", {}), fp["methods"]
+        diff += [f"method {n!r}" for n in sorted(set(old_m) & set(new_m)) if not same(old_m[n], new_m[n])]
         if diff:
             raise ValueError(
                 f"{out_dir} holds results of a different experiment (differs in: {', '.join(diff)}); "
@@ -491,6 +509,38 @@ def summarize(records: Sequence[dict], cfg: Optional[ExperimentConfig] = None) -
                      "mean_lm_forward_tokens": float(np.mean(c["fwd"])),
                      "mean_wall_time_s": float(np.mean(c["wall"]))})
     return {"rows": rows, "num_records": len(records)}
+
+
+def subsampled_accuracy(samples: Sequence, reference, k: int, rule: str = "best_of_n", *, num_subsets: int = 200,
+                        seed: int = 0) -> float:
+    """Expected accuracy of ``rule`` with ``k`` samples, estimated from a pool of ``N >= k``
+    independent ``(answer, score)`` samples by averaging over ``num_subsets`` random subsets
+    of size ``k`` drawn without replacement (all of them when ``k = N``): an unbiased
+    estimate of the best-of-k accuracy on that problem, for every ``k`` from one pool.
+    ``rule`` is ``best_of_n`` (top score, ties: first), ``weighted_best_of_n`` (largest
+    summed score per answer) or ``majority``."""
+    from .text.sampler import majority_vote, select_answer, weighted_majority_vote
+
+    n = len(samples)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the pool size), got {k}")
+    if rule not in INDEPENDENT_RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose from {INDEPENDENT_RULES}")
+    answers = [a for a, _ in samples]
+    scores = np.array([sc for _, sc in samples], float)
+    rng = np.random.default_rng(seed)
+    subsets = [np.arange(n)] if k == n else [np.sort(rng.choice(n, k, replace=False)) for _ in range(num_subsets)]
+    hits = 0
+    for idx in subsets:
+        a = [answers[i] for i in idx]
+        if rule == "best_of_n":
+            pick = select_answer(a, scores[idx] + 1e-300, "argmax")[1]
+        elif rule == "weighted_best_of_n":
+            pick = weighted_majority_vote(a, scores[idx])
+        else:
+            pick = majority_vote(a)
+        hits += pick is not None and pick == reference
+    return hits / len(subsets)
 
 
 def format_table(summary: dict) -> str:

@@ -136,6 +136,12 @@ def test_resuming_with_a_different_experiment_is_refused(tmp_path):
     other = E.ExperimentConfig(methods=[{"name": "a", "kind": "pf"}], generation={"temperature": 0.5})
     with pytest.raises(ValueError, match="differs in: generation"):
         E._check_resume(other, str(tmp_path))
+    # adding a method is fine; changing an existing method's options is not
+    more = E.ExperimentConfig(methods=[{"name": "a", "kind": "pf"}, {"name": "b", "kind": "beam"}])
+    E._check_resume(more, str(tmp_path))
+    changed = E.ExperimentConfig(methods=[{"name": "a", "kind": "pf", "options": {"mode": "paper"}}])
+    with pytest.raises(ValueError, match="differs in: method 'a'"):
+        E._check_resume(changed, str(tmp_path))
 
 
 def test_unit_keys_are_deterministic_and_distinct():
@@ -198,3 +204,21 @@ def test_cli_on_smollm2_killed_mid_way_resumes_without_loss_or_duplicates(tmp_pa
     assert (out / "accuracy_vs_budget.png").stat().st_size > 10_000
     summary = json.load(open(out / "summary.json"))
     assert summary["num_records"] == 8 and {r["method"] for r in summary["rows"]} >= {"pf", "best_of_n", "majority"}
+
+
+def test_subsampled_accuracy_matches_exact_enumeration():
+    import itertools
+
+    samples = [[5, 0.9], [7, 0.1], [7, 0.2], [5, 0.3], [7, 0.4], [7, 0.45]]
+    for k in (1, 2, 3, 6):
+        subsets = list(itertools.combinations(range(6), k))
+        # best of k: the subset's top-scoring sample is right
+        exact = np.mean([samples[max(c, key=lambda i: samples[i][1])][0] == 5 for c in subsets])
+        est = E.subsampled_accuracy(samples, 5, k, "best_of_n", num_subsets=4000, seed=1)
+        se = math.sqrt(exact * (1 - exact) / 4000)
+        assert abs(est - exact) <= 5 * se + 1e-12, (k, est, exact)
+    assert E.subsampled_accuracy(samples, 7, 6, "majority") == 1.0
+    # weighted vote over all six: 5 has 1.2, 7 has 1.15
+    assert E.subsampled_accuracy(samples, 5, 6, "weighted_best_of_n") == 1.0
+    with pytest.raises(ValueError, match="k must be in"):
+        E.subsampled_accuracy(samples, 5, 7)

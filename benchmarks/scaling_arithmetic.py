@@ -1,0 +1,167 @@
+"""Accuracy vs budget on held-out arithmetic problems: greedy, best-of-N, weighted best-of-N,
+majority, beam search, DVTS, particle filtering and particle Gibbs, with the embedded
+SmolLM2-135M-Instruct and the programmatic PRM.
+
+Runs through the experiment runner (:mod:`smcscale.experiment`), so results go to
+``<out>/results.jsonl`` as each unit finishes and a rerun resumes. Best-of-N, weighted
+best-of-N and majority are estimated for every budget ``k`` from one pool of
+``max(budgets)`` independent samples per problem (averaging over random size-``k``
+subsets: an unbiased estimate of the best-of-``k`` accuracy, at the cost of one pool);
+every other method runs separately at every budget.
+
+Intervals: Wilson 95% for methods run per budget (binomial over problems × seeds); for
+the subsampled rules, mean ± 1.96 SE over problems of the per-problem expected accuracy.
+
+Output: a table, ``<out>/scaling.json``, ``<out>/scaling.png``, and as the last line
+
+    RESULT pf_acc@8=<a> bon_acc@8=<b> bon_budget_to_match_pf@8=<k>
+
+where ``k`` is the smallest best-of-N budget in the grid whose accuracy reaches the particle
+filter's at N = 8 (999 if none does). Not run in CI (hours on two CPU cores at full size;
+``--problems`` / ``--budgets`` / ``--methods`` shrink it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+METHODS = ("greedy", "independent", "beam", "dvts", "pf", "pg")
+
+
+def _config(args):
+    from smcscale import experiment as E
+
+    pool = max(args.budgets)
+    specs = []
+    for m in args.methods:
+        if m == "independent":
+            specs.append(E.MethodSpec("independent", "independent", {"budgets": [pool]}))
+        else:
+            opts = {"iterations": 2} if m == "pg" else {}
+            if args.max_method_budget and m != "greedy":
+                opts["budgets"] = [b for b in args.budgets if b <= args.max_method_budget]
+            specs.append(E.MethodSpec(m, m, opts))
+    return E.ExperimentConfig(
+        task="arithmetic", split=args.split, problems=args.problems, methods=tuple(specs), budgets=tuple(args.budgets),
+        seeds=tuple(args.seeds),
+        generation={"max_new_tokens": args.max_new_tokens, "max_step_tokens": 24, "temperature": 0.8},
+    )
+
+
+def _curves(records, budgets):
+    """{method: {N: (acc, lo, hi, n)}} with subsampled curves for the independent pool."""
+    from smcscale import experiment as E
+
+    curves: dict = {}
+    for row in E.summarize([r for r in records if r["kind"] != "independent"])["rows"]:
+        curves.setdefault(row["method"], {})[row["budget"]] = (row["accuracy"], row["ci_low"], row["ci_high"], row["n"])
+    pools = [r for r in records if r["kind"] == "independent"]
+    for rule in E.INDEPENDENT_RULES:
+        for k in budgets:
+            vals = [E.subsampled_accuracy(r["samples"], r["reference_answer"], k, rule, num_subsets=200,
+                                          seed=hash((r["problem"], r["seed"])) & 0xFFFF)
+                    for r in pools if len(r["samples"]) >= k]
+            if not vals:
+                continue
+            v = np.asarray(vals, float)
+            se = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else float("nan")
+            curves.setdefault(rule, {})[k] = (float(v.mean()), float(max(0.0, v.mean() - 1.96 * se)),
+                                              float(min(1.0, v.mean() + 1.96 * se)), int(v.size))
+    return curves
+
+
+def _plot(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (m, c) in enumerate(curves.items()):
+        ks = sorted(c)
+        acc = np.array([c[k][0] for k in ks])
+        err = np.array([[c[k][0] - c[k][1] for k in ks], [c[k][2] - c[k][0] for k in ks]])
+        if m == "greedy":
+            ax.axhline(acc[0], color="0.4", ls="--", lw=1, label="greedy")
+            continue
+        ax.errorbar(ks, acc, yerr=err, marker="o", capsize=3, label=m, color=f"C{i % 10}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget N (generations)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("SmolLM2-135M on arithmetic (programmatic PRM), 95% intervals")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--problems", type=int, default=100, help="held-out problems (default 100)")
+    ap.add_argument("--split", default="easy-test")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--max-method-budget", type=int, default=None,
+                    help="run methods other than the independent pool only up to this budget (saves time)")
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "scaling_arithmetic")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    from smcscale import experiment as E
+
+    cfg = _config(args)
+    t0 = time.time()
+    E.run_experiment(cfg, args.out, progress=not args.no_progress, plot=False, echo=lambda s: print(s, flush=True))
+    store = E.ResultStore(args.out / "results.jsonl")
+    units = {u["unit"] for u in E._units(cfg, E._problems(cfg))}
+    records = [r for r in store.records if r["unit"] in units]
+    curves = _curves(records, args.budgets)
+
+    print(f"\n{'method':<20}" + "".join(f"{'N=' + str(k):>18}" for k in args.budgets))
+    for m, c in curves.items():
+        cells = "".join(f"{(f'{c[k][0]:.3f} [{c[k][1]:.2f},{c[k][2]:.2f}]' if k in c else '-'):>18}" for k in args.budgets)
+        print(f"{m:<20}{cells}")
+
+    pf8 = curves.get("pf", {}).get(8, (float("nan"),))[0]
+    bon = curves.get("best_of_n", {})
+    bon8 = bon.get(8, (float("nan"),))[0]
+    k_match = next((k for k in sorted(bon) if bon[k][0] >= pf8), 999) if math.isfinite(pf8) else 999
+    args.out.mkdir(parents=True, exist_ok=True)
+    _plot(curves, args.out / "scaling.png")
+    import jax
+
+    record = {
+        "benchmark": "scaling_arithmetic",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "jax": jax.__version__, "backend": jax.default_backend()},
+        "config": cfg.as_dict(),
+        "num_records": len(records),
+        "curves": {m: {str(k): dict(zip(("accuracy", "ci_low", "ci_high", "n"), v)) for k, v in c.items()}
+                   for m, c in curves.items()},
+        "pf_acc@8": pf8, "bon_acc@8": bon8, "bon_budget_to_match_pf@8": k_match,
+        "wall_time_s": time.time() - t0,
+    }
+    with open(args.out / "scaling.json", "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"json: {args.out / 'scaling.json'}\nplot: {args.out / 'scaling.png'}")
+    print(f"RESULT pf_acc@8={pf8:.3f} bon_acc@8={bon8:.3f} bon_budget_to_match_pf@8={k_match}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
