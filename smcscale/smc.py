@@ -44,7 +44,7 @@ import numpy as np
 from .fk import FeynmanKac
 from .resampling import get_resampler
 from .weights import ess as _ess
-from .weights import log_normalize, safe_logsumexp
+from .weights import log_normalize, reweight, safe_logsumexp
 
 __all__ = [
     "SMCState",
@@ -268,9 +268,8 @@ def smc_step(
     lg = fk.log_potential(x_prev_res, x, inputs_t)
     _check_log_potential_shape(lg, n, "t >= 1")
     lg, n_bad = _clean_log_potential(lg, n)
-    new = carried + lg
-    inc = safe_logsumexp(new)
-    lw_new = _shard(jnp.where(jnp.isfinite(inc), new - inc, -jnp.inf), sharding)
+    lw_new, inc = reweight(carried, lg)
+    lw_new = _shard(lw_new, sharding)
     dead_before = jnp.isneginf(state.log_z)
     log_z = jnp.where(dead_before, -jnp.inf, state.log_z + inc)
     info = StepInfo(_ess_of_normalized(lw_new), do_resample, anc, n_bad)

@@ -35,6 +35,7 @@ __all__ = [
     "log_mean_exp",
     "safe_logsumexp",
     "check_log_weights",
+    "reweight",
 ]
 
 
@@ -47,6 +48,29 @@ def safe_logsumexp(lw, axis=-1):
     out = jnp.log(s) + m_safe
     out = jnp.where(jnp.isneginf(m), -jnp.inf, out)
     return jnp.squeeze(out, axis=axis)
+
+
+def reweight(log_weights, log_potentials):
+    """One SMC reweighting: ``new = log_weights + log_potentials``; returns
+    ``(new - logsumexp(new), logsumexp(new))``, the normalised log-weights and the
+    increment of ``log Z`` (with ``log_weights`` the carried, normalised log-weights:
+    ``-log N`` after a resample). A dead population (every ``new`` is ``-inf``) gives all
+    ``-inf`` and an increment of ``-inf``, never NaN.
+
+    NumPy in, NumPy out (float64, for host-side samplers such as :mod:`smcscale.text`);
+    otherwise JAX (jittable). Both follow the same rule, so every sampler in the library
+    weights exactly as :func:`smcscale.smc.smc_step` does.
+    """
+    if isinstance(log_weights, np.ndarray) and isinstance(log_potentials, np.ndarray):
+        new = log_weights + log_potentials
+        m = np.max(new)
+        if not m > -np.inf:
+            return np.full_like(new, -np.inf), -np.inf
+        inc = float(m + np.log(np.sum(np.exp(new - m))))
+        return new - inc, inc
+    new = jnp.asarray(log_weights) + log_potentials
+    inc = safe_logsumexp(new)
+    return jnp.where(jnp.isfinite(inc), new - inc, -jnp.inf), inc
 
 
 def log_normalize(lw, axis=-1):

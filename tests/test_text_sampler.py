@@ -364,9 +364,13 @@ def test_finished_reference_is_never_revived_and_pg_resampling_is_ess_adaptive(l
     for i, a in enumerate(res.ancestors[0]):
         if a == r:  # every copy of the finished reference stays finished as it was
             assert res.token_ids[i] == [1] and res.finish_reasons[i] == "eos"
-    # constant potential: ESS stays N, so an ESS-adaptive sweep never resamples
+    # constant potential: only truncation terms (log p(EOS) at the token cap) move the
+    # weights, so an ESS-adaptive sweep resamples exactly when ESS < kappa N
     res = particle_gibbs(lm, lambda c, s: 0.5, "a", 4, 2, config=CFG, ess_threshold=0.5, key=15, answer_fn=IDENT)
-    assert not res.resampled.any() and np.allclose(res.ess, 4)
+    trunc = np.array([r == "length" for r in res.finish_reasons])
+    assert np.array_equal(res.resampled, res.ess < 0.5 * 4)
+    if not trunc.any():
+        assert np.allclose(res.ess, 4)
     res = particle_gibbs(lm, prm, "a", 4, 2, config=CFG, ess_threshold=1.0, key=15, answer_fn=IDENT)
     assert res.resampled[:-1].all()
     with pytest.raises(ValueError, match="every round"):
@@ -471,7 +475,9 @@ def test_best_of_n_weighted_best_of_n_and_majority(lm):
     assert wbon.selected_answer == max(totals, key=totals.get)
     maj = majority(lm, "a", 16, config=cfg, key=17, answer_fn=first)
     assert maj.texts == bon.texts and maj.budget.prm_calls == 0
-    assert maj.selected_answer == max(set(maj.answers), key=maj.answers.count)
+    counts = {a: maj.answers.count(a) for a in maj.answers}
+    top = [a for a in dict.fromkeys(maj.answers) if counts[a] == max(counts.values())]
+    assert maj.selected_answer == top[0]  # most frequent; ties: first seen
 
 
 def test_beam_search_keeps_the_top_prefixes(lm):

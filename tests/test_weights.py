@@ -42,3 +42,22 @@ def test_all_minus_inf_is_a_dead_population_not_nan():
 def test_check_log_weights_messages(bad, err):
     with pytest.raises((ValueError, TypeError), match=err):
         W.check_log_weights(bad)
+
+
+def test_reweight_numpy_and_jax_follow_the_same_rule():
+    from smcscale.weights import reweight
+
+    lw = np.log(np.array([0.5, 0.25, 0.25]))
+    lg = np.array([np.log(2.0), -np.inf, 0.0])
+    # new unnormalised weights 0.5*2, 0, 0.25 -> sum 1.25
+    new_np, inc_np = reweight(lw, lg)
+    assert isinstance(new_np, np.ndarray) and new_np.dtype == np.float64
+    np.testing.assert_allclose(np.exp(new_np), [0.8, 0.0, 0.2], rtol=1e-12)
+    assert inc_np == pytest.approx(np.log(1.25), rel=1e-12)
+    new_j, inc_j = reweight(jnp.asarray(lw, jnp.float32), jnp.asarray(lg, jnp.float32))
+    np.testing.assert_allclose(np.exp(np.asarray(new_j)), [0.8, 0.0, 0.2], rtol=1e-6)
+    assert float(inc_j) == pytest.approx(np.log(1.25), rel=1e-6)
+    # a dead population: all -inf, increment -inf, no NaN
+    for xp in (np, jnp):
+        d, inc = reweight(xp.asarray(lw), xp.full(3, -np.inf))
+        assert np.all(np.isneginf(np.asarray(d))) and np.isneginf(float(inc))

@@ -85,6 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..resampling import get_resampler, stable_ancestors
+from ..weights import reweight
 from .lm import top_p_filter
 from .potentials import StepPotential, TokenConstraint
 
@@ -808,15 +809,9 @@ class _Sweep:
         return True
 
     def _reweight(self, g: _Group, lg: np.ndarray) -> None:
-        new = g.lw + lg
-        inc = _logsumexp(new)
+        g.lw, inc = reweight(np.asarray(g.lw, float), np.asarray(lg, float))  # the engine's rule
         g.inc[:] = 0.0
-        if not inc > -math.inf:
-            g.log_z = -math.inf
-            g.lw = np.full(g.n, -math.inf)
-            return
         g.log_z = g.log_z + inc if g.log_z > -math.inf else -math.inf
-        g.lw = new - inc
 
     @staticmethod
     def _ess(g: _Group) -> float:
