@@ -415,6 +415,18 @@ def _as_key(key):
 # particles and stopping rules (host side)
 
 
+CACHE_QUANTUM = 64
+
+
+def _cache_len(lm, need: int) -> int:
+    """KV-cache length for ``need`` positions, rounded up to a multiple of
+    :data:`CACHE_QUANTUM` (capped at the model's context length): the decode step is compiled
+    per cache shape, so prompts of different lengths share one compilation."""
+    m = -(-need // CACHE_QUANTUM) * CACHE_QUANTUM
+    limit = getattr(getattr(lm, "config", None), "max_position", None)
+    return max(need, min(m, limit)) if limit else m
+
+
 class _Particle:
     __slots__ = ("tokens", "bounds", "steps", "scores", "finished", "reason", "new_step", "logr", "r", "eos_id", "needs_eos", "dead")
 
@@ -606,8 +618,7 @@ class _Sweep:
     def run(self):
         t0 = time.perf_counter()
         lm, cfg = self.lm, self.cfg
-        max_len = len(self.prompt_ids) + cfg.max_new_tokens
-        self.state = lm.prefill(self.prompt_ids, self.N, max_len)
+        self.state = lm.prefill(self.prompt_ids, self.N, _cache_len(lm, len(self.prompt_ids) + cfg.max_new_tokens))
         for g in self.groups:
             g.budget.prefill_tokens = len(self.prompt_ids)
         while not all(g.done for g in self.groups):
