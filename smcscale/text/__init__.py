@@ -9,14 +9,17 @@
   token-mask constraints;
 * :mod:`~smcscale.text.sampler` — generation as a Feynman–Kac model: particle filter,
   particle Gibbs, parallel tempering; :mod:`~smcscale.text.search` — best-of-N, votes,
-  beam search, DVTS.
+  beam search, DVTS;
+* :mod:`~smcscale.text.learned_prm` — a learned PRM: a Flax head on the LM's hidden states
+  trained on Math-Shepherd rollout labels, saved/loaded, evaluated against the programmatic PRM.
 """
 
 from .checkpoints import CheckpointError, load_gguf, load_hf, load_smollm2
 from .llama import KVCache, Llama, LlamaConfig, init_cache
 from .lm import DecodeOutput, FakeLM, FakeTokenizer, JaxLM, LanguageModel, LMState, load_default_lm, sample_next
 from .tokenizer import ModelNotFoundError, Tokenizer, TokenizerError, locate_smollm2_gguf
-from . import potentials, sampler, search
+from . import learned_prm, potentials, sampler, search
+from .learned_prm import LearnedPRM, LearnedPRMError, PRMDataset, PRMHead, PRMHeadConfig
 from .sampler import GenerationConfig, TextSMCResult, parallel_tempering, particle_filter, particle_gibbs
 
 __all__ = [
@@ -40,6 +43,12 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "locate_smollm2_gguf",
+    "learned_prm",
+    "LearnedPRM",
+    "LearnedPRMError",
+    "PRMDataset",
+    "PRMHead",
+    "PRMHeadConfig",
     "potentials",
     "sampler",
     "search",

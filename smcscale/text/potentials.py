@@ -12,7 +12,7 @@ masks turn into the log-weights of the engine.
 * an object with ``score(context, batch) -> per_step_scores`` where ``batch`` is a list of
   prefixes (each a list of step strings) and the answer gives, for each prefix, the list of
   its per-step scores ``[r_1, ..., r_t]`` (the its_hub / neural-PRM interface: one pass
-  scores every step of a prefix).
+  scores every step of a prefix). An object with both methods is called through ``score``.
 
 ``context`` is the problem text (a string). Steps are passed *raw* (with their delimiter),
 so ``"".join(steps)`` is the generated text. A score of 0 is allowed: the particle dies.
@@ -157,10 +157,10 @@ class PRMAdapter:
         if isinstance(prm, PRMAdapter):
             prm = prm.prm
         self.prm = prm
-        if hasattr(prm, "score_prefix"):
-            self.kind = "prefix"
-        elif hasattr(prm, "score"):
+        if hasattr(prm, "score") and callable(prm.score):  # batched first: one call per round
             self.kind = "batch"
+        elif hasattr(prm, "score_prefix"):
+            self.kind = "prefix"
         elif callable(prm):
             self.kind = "prefix"
             self.prm = FunctionPRM(prm)
