@@ -242,7 +242,7 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=Tru
     res = runner.generate(n, seed)  # cache filled with new_tokens generated tokens
     state = res["state"]
     pos0 = int(state.position)
-    cache_mb = 2 * state.cache.k.size * state.cache.k.dtype.itemsize / 2**20
+    cache_mb = 2 * sum(a.size * a.dtype.itemsize for a in state.cache.k) / 2**20
 
     # -- one decode step (jitted, donated state); rewind the position before each call
     step_ms = []
@@ -276,12 +276,15 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=Tru
     assert np.array_equal(np.sort(stable_np), np.sort(raw_np)), "stable_ancestors changed the offspring counts"
 
     # sanity: the in-place stable reorder must equal a plain gather of the cache rows
-    k_before = np.asarray(state.cache.k[:, :, pos0 - 1])  # [L, N, KV, hd] at one position
+    def keys_at(st, p):  # [L, N, KV, hd]: every layer's keys at one position
+        return np.stack([np.asarray(a[..., p]) for a in st.cache.k])  # keys are [N, KV, hd, M]
+
+    k_before = keys_at(state, pos0 - 1)
     logits_before = np.asarray(state.logits)
     state = lm.reorder(state, stable)
     jax.block_until_ready(state)
     ok = bool(
-        np.array_equal(np.asarray(state.cache.k[:, :, pos0 - 1]), k_before[:, stable_np])
+        np.array_equal(keys_at(state, pos0 - 1), k_before[:, stable_np])
         and np.array_equal(np.asarray(state.logits), logits_before[stable_np])
     )
 
@@ -320,7 +323,7 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=Tru
     gen_step_ms = 1e3 * res["gen"].wall / runner.new_tokens
     return {
         "num_particles": n,
-        "cache_len": int(state.cache.k.shape[2]),
+        "cache_len": int(state.cache.max_len),
         "cache_position": pos0,
         "cache_mb": cache_mb,
         "ancestors_raw": raw_np.tolist(),

@@ -110,8 +110,9 @@ def test_reorder_continues_as_the_ancestor(lm, ancestors):
     before = _copy(st)
     a = np.asarray(ancestors)
     moved = lm.reorder(_copy(st), jnp.asarray(a))
-    np.testing.assert_array_equal(np.asarray(moved.cache.k), np.asarray(before.cache.k)[:, a])
-    np.testing.assert_array_equal(np.asarray(moved.cache.v), np.asarray(before.cache.v)[:, a])
+    # per-layer caches (particles first), stacked over layers: rows follow the ancestors
+    np.testing.assert_array_equal(np.stack(moved.cache.k), np.stack(before.cache.k)[:, a])
+    np.testing.assert_array_equal(np.stack(moved.cache.v), np.stack(before.cache.v)[:, a])
     np.testing.assert_array_equal(np.asarray(moved.logits), np.asarray(before.logits)[a])
     keys = jax.random.split(jax.random.key(9), steps * n).reshape(steps, n)
     cont = []
@@ -153,6 +154,74 @@ def test_sampling_options(lm):
     assert float(out.mask_logmass[0]) == pytest.approx(float(expect), abs=1e-4)
     # proposal log q = log p - log allowed mass when temperature is 1 and no top-p
     np.testing.assert_allclose(out.proposal_logprob, out.token_logprob - out.mask_logmass, atol=1e-4)
+
+
+def _check_frequencies(tokens, probs, label):
+    """Per-cell 5-SE check of empirical token frequencies against ``probs``, a chi-square
+    check over the cells with expected count >= 5, and no draw of a zero-probability token."""
+    from scipy import stats
+
+    n, v = tokens.size, probs.size
+    freq = np.bincount(tokens, minlength=v) / n
+    assert freq.size == v, f"{label}: token out of range"
+    zero = probs == 0
+    assert (freq[zero] == 0).all(), f"{label}: drew a zero-probability token {np.flatnonzero(zero & (freq > 0))}"
+    se = np.sqrt(probs * (1 - probs) / n)
+    bad = np.abs(freq - probs) > 5 * se + 1e-12
+    assert not bad.any(), f"{label}: cells {np.flatnonzero(bad)} freq {freq[bad]} vs p {probs[bad]}"
+    big = probs * n >= 5
+    counts, expect = freq[big] * n, probs[big] * n
+    rest = n - counts.sum(), n - expect.sum()
+    chi2 = ((counts - expect) ** 2 / expect).sum() + ((rest[0] - rest[1]) ** 2 / rest[1] if rest[1] >= 5 else 0.0)
+    assert stats.chi2.sf(chi2, df=int(big.sum()) + (rest[1] >= 5) - 1) > 1e-4, f"{label}: chi2 = {chi2}"
+
+
+def test_inverse_cdf_draw_is_exact():
+    # 13 tokens in blocks of 4 (last block padded): zeros inside a block, a whole zero block,
+    # zeros at both ends, and a tail token of probability ~1e-9.
+    p = np.array([0, 0.3, 0, 0.1, 0, 0, 0, 0, 0.25, 1e-3, 0.2, 0.149 - 2e-9, 2e-9])
+    p[0], p[-1] = 0.0, 0.0
+    p = p / p.sum()
+    with np.errstate(divide="ignore"):
+        logq = jnp.asarray(np.log(p), jnp.float32)
+    draw = jax.jit(lm_mod.inverse_cdf_draw, static_argnames="block")
+    n = 200_000
+    u = jax.random.uniform(jax.random.key(7), (n, 2))
+    toks = np.asarray(draw(jnp.broadcast_to(logq, (n, p.size)), u, block=4))
+    _check_frequencies(toks, p, "blocked")
+    # extreme uniforms never land on a zero-probability token
+    eps = np.float32(1 - 2.0**-23)
+    edge = jnp.asarray([[0, 0], [0, eps], [eps, 0], [eps, eps], [0.5, 0], [0.5, eps]], jnp.float32)
+    for blk in (1, 2, 4, 5, 13):
+        t = np.asarray(draw(jnp.broadcast_to(logq, (edge.shape[0], p.size)), edge, block=blk))
+        assert (p[t] > 0).all(), (blk, t)
+    assert np.asarray(draw(logq[None], edge[:1], block=4))[0] == 1  # first allowed
+    assert np.asarray(draw(logq[None], edge[3:4], block=4))[0] == 11  # last allowed
+
+
+def test_sample_next_matches_the_proposal():
+    """``sample_next`` draws from softmax(masked logits / temperature), row i with its own key,
+    and reports the exact log q of the drawn token."""
+    n, v = 40_000, 520  # 520 = 2 full blocks of 256 + a partial one
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(2.0 * rng.standard_normal(v), jnp.float32)
+    allowed = rng.random(v) < 0.7
+    allowed[256:512] = False  # a whole block masked out
+    temperature = 0.7
+    sample = jax.jit(lm_mod.sample_next, static_argnums=(2, 3))
+    mask = jnp.broadcast_to(jnp.asarray(allowed), (n, v))
+    out = sample(jax.random.key(5), jnp.broadcast_to(logits, (n, v)), temperature, 1.0, mask)
+    z = np.where(allowed, np.asarray(logits, np.float64) / temperature, -np.inf)
+    logq = z - np.logaddexp.reduce(z[allowed])
+    toks = np.asarray(out.tokens)
+    _check_frequencies(toks, np.exp(logq), "sample_next")
+    np.testing.assert_allclose(np.asarray(out.proposal_logprob), logq[toks], atol=1e-5)
+    # a row's draw depends only on its own key
+    keys = jax.random.split(jax.random.key(8), 16)
+    rows = jnp.asarray(2.0 * rng.standard_normal((16, v)), jnp.float32)
+    batch = np.asarray(sample(keys, rows, 1.0, 1.0).tokens)
+    single = [int(sample(keys[i : i + 1], rows[i : i + 1], 1.0, 1.0).tokens[0]) for i in range(16)]
+    assert batch.tolist() == single
 
 
 def test_bad_input(lm):

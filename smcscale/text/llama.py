@@ -14,17 +14,32 @@ with RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g, and RoPE rotating pairs
 ``(x_i, x_{i + d/2})`` by the angle ``pos * theta^{-2i/d}``. Grouped-query attention
 shares each of the ``n_kv`` key/value heads among ``n_heads / n_kv`` query heads.
 
-**Layers are stacked** (every weight has a leading layer axis) and the forward pass is a
-``lax.scan`` over layers, so the compiled graph is one layer deep whatever the depth.
+**Layers are separate arrays.** Every layer has its own weight arrays (parameter
+``layer_{l}``) and the forward pass is a Python loop over layers, unrolled into the compiled
+graph. A stacked ``[layers, ...]`` weight array scanned with ``lax.scan`` would be cheaper to
+compile, but XLA's CPU backend materialises each ``dynamic_slice`` feeding a matrix product,
+i.e. it would copy every weight matrix (and cache slice) once per token -- about as much
+memory traffic as the matrix products themselves.
 
-**KV cache.** ``KVCache.k`` and ``.v`` have the fixed shape
-``[layers, particles, max_len, kv_heads, head_dim]``. Inside the layer scan each layer
-attends over its (read-only) cache slice plus the new tokens' keys/values; the new
-keys/values of all layers are written with one ``dynamic_update_slice`` after the scan.
-Under ``jit`` with the cache donated, XLA updates it in place: the cache is never copied
-per token. Positions are shared by all particles (text SMC advances every particle one
-token per decode step; finished particles are masked by the sampler). Positions past the
-write index are masked out of attention.
+**KV cache.** ``KVCache.k`` and ``.v`` are tuples with one array per layer, of the fixed
+shapes ``[particles, kv_heads, head_dim, max_len]`` (keys, stored transposed) and
+``[particles, kv_heads, max_len, head_dim]`` (values). Both attention products are then
+plain batched matrix products ``q K^T`` = ``[G, hd] @ [hd, M]`` and ``P V`` =
+``[G, M] @ [M, hd]`` per particle and head, read in place (with keys stored like values,
+the score product contracts the minor axis of a 3-row product, which XLA's CPU kernels
+run ~2x slower). A call with ``S`` tokens
+first writes their keys/values to slots ``write_index .. write_index + S - 1`` (one
+``dynamic_update_slice`` per layer), then query ``s`` attends to the slots
+``j <= write_index + s`` of the updated cache:
+
+    att_s = softmax_j( q_s K_j^T / sqrt(d) ; j <= write_index + s ) V,
+
+i.e. to the earlier calls' tokens and its own causal prefix; unwritten (or stale) slots are
+masked. Writing before reading makes the cache reads depend on the write, so under ``jit``
+with the cache donated XLA updates it in place: the cache is never copied per token, and
+the new keys are never concatenated to it. Positions are shared by all particles (text SMC
+advances every particle one token per decode step; finished particles are masked by the
+sampler).
 
 **Memory and dtype.** Weights and cache are held in ``dtype`` (float32 by default).
 SmolLM2-135M in float32 is ~0.54 GB of weights; its cache costs
@@ -47,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LlamaConfig", "KVCache", "Llama", "init_cache", "unpermute_gguf_qk", "rope_tables"]
+__all__ = ["LlamaConfig", "KVCache", "Llama", "init_cache", "unpermute_gguf_qk", "rope_tables", "LAYER_PARAMS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,23 +93,27 @@ class LlamaConfig:
 
 
 class KVCache(NamedTuple):
-    """Keys and values, ``[layers, particles, max_len, kv_heads, head_dim]`` each."""
+    """Per-layer tuples of keys ``k[l]: [particles, kv_heads, head_dim, max_len]`` (transposed)
+    and values ``v[l]: [particles, kv_heads, max_len, head_dim]``."""
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple
+    v: tuple
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.v[0].shape[2]
 
     @property
     def num_particles(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
 
 def init_cache(config: LlamaConfig, num_particles: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    shape = (config.num_layers, num_particles, max_len, config.num_kv_heads, config.head_dim)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    """An all-zero :class:`KVCache` (every slot masked until written)."""
+    shape_k = (num_particles, config.num_kv_heads, config.head_dim, max_len)
+    shape_v = (num_particles, config.num_kv_heads, max_len, config.head_dim)
+    zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))  # noqa: E731
+    return KVCache(zeros(shape_k), zeros(shape_v))
 
 
 def unpermute_gguf_qk(w: np.ndarray, num_heads: int) -> np.ndarray:
@@ -127,8 +146,15 @@ def _rms_norm(x, g, eps):
     return (y * g.astype(jnp.float32)).astype(x.dtype)
 
 
+LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+"""Names of one layer's parameters (plus ``bq``, ``bk``, ``bv`` with ``attention_bias``)."""
+
+
 class Llama(nn.Module):
     """Flax (linen) Llama. ``__call__(tokens, positions, cache, write_index)``.
+
+    Parameters: ``embed [V, D]``, ``final_norm [D]``, ``lm_head [D, V]`` (untied only) and,
+    per layer ``l``, a dict ``layer_{l}`` of :data:`LAYER_PARAMS` (``x @ W`` orientation).
 
     Args (of ``__call__``):
       tokens: ``[B, S]`` int32 token ids.
@@ -148,99 +174,94 @@ class Llama(nn.Module):
     @nn.compact
     def __call__(self, tokens, positions, cache: Optional[KVCache] = None, write_index=0):
         c = self.config
-        L, D, F = c.num_layers, c.hidden_size, c.intermediate_size
+        D, F = c.hidden_size, c.intermediate_size
         H, KV, hd = c.num_heads, c.num_kv_heads, c.head_dim
         init = nn.initializers.normal(0.02)
-        ones = nn.initializers.ones
-        p = lambda name, shape, i=init: self.param(name, i, shape, self.dtype)  # noqa: E731
-        embed = p("embed", (c.vocab_size, D))
-        layers = {
-            "attn_norm": p("attn_norm", (L, D), ones),
-            "wq": p("wq", (L, D, H * hd)),
-            "wk": p("wk", (L, D, KV * hd)),
-            "wv": p("wv", (L, D, KV * hd)),
-            "wo": p("wo", (L, H * hd, D)),
-            "mlp_norm": p("mlp_norm", (L, D), ones),
-            "w_gate": p("w_gate", (L, D, F)),
-            "w_up": p("w_up", (L, D, F)),
-            "w_down": p("w_down", (L, F, D)),
+        ones, zeros = nn.initializers.ones, nn.initializers.zeros
+        shapes = {
+            "attn_norm": ((D,), ones),
+            "wq": ((D, H * hd), init),
+            "wk": ((D, KV * hd), init),
+            "wv": ((D, KV * hd), init),
+            "wo": ((H * hd, D), init),
+            "mlp_norm": ((D,), ones),
+            "w_gate": ((D, F), init),
+            "w_up": ((D, F), init),
+            "w_down": ((F, D), init),
         }
         if c.attention_bias:
-            zeros = nn.initializers.zeros
-            layers["bq"] = p("bq", (L, H * hd), zeros)
-            layers["bk"] = p("bk", (L, KV * hd), zeros)
-            layers["bv"] = p("bv", (L, KV * hd), zeros)
-        final_norm = p("final_norm", (D,), ones)
-        head = None if c.tie_embeddings else p("lm_head", (D, c.vocab_size))
+            shapes.update(bq=((H * hd,), zeros), bk=((KV * hd,), zeros), bv=((KV * hd,), zeros))
+
+        def layer_init(rng):
+            rngs = jax.random.split(rng, len(shapes))
+            return {n: i(r, shape, self.dtype) for r, (n, (shape, i)) in zip(rngs, shapes.items())}
+
+        embed = self.param("embed", init, (c.vocab_size, D), self.dtype)
+        layers = [self.param(f"layer_{l}", layer_init) for l in range(c.num_layers)]
+        final_norm = self.param("final_norm", ones, (D,), self.dtype)
+        head = None if c.tie_embeddings else self.param("lm_head", init, (D, c.vocab_size), self.dtype)
         return forward(c, embed, layers, final_norm, head, tokens, positions, cache, write_index, self.dtype)
 
 
+def attend(q, keys, values, mask):
+    r"""Grouped-query attention ``softmax(q K^T + mask) V``, scores and softmax in float32.
+
+    Args:
+      q: ``[B, KV, G, S, hd]`` queries (already scaled by ``1/sqrt(hd)``).
+      keys: ``[B, KV, hd, T]`` (transposed), values: ``[B, KV, T, hd]``.
+      mask: ``[S, T]`` bool, key ``t`` visible to query ``s`` (every row has a visible key).
+
+    Returns ``[B, KV, G, S, hd]``.
+    """
+    scores = jnp.einsum("bkgsd,bkdt->bkgst", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1)
+    return jnp.einsum("bkgst,bktd->bkgsd", probs.astype(values.dtype), values)
+
+
 def forward(c: LlamaConfig, embed, layers, final_norm, head, tokens, positions, cache, write_index, dtype):
-    """The pure forward pass behind :class:`Llama` (see its docstring)."""
+    """The pure forward pass behind :class:`Llama` (see its docstring); ``layers`` is the
+    sequence of per-layer parameter dicts."""
     B, S = tokens.shape
     H, KV, hd = c.num_heads, c.num_kv_heads, c.head_dim
     G = H // KV
     x = jnp.take(embed, tokens, axis=0).astype(dtype)  # [B, S, D]
     cos, sin = rope_tables(positions, hd, c.rope_theta)  # [S, hd]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = cos[None, None], sin[None, None]  # [1, 1, S, hd] against [B, heads, S, hd]
     scale = 1.0 / np.sqrt(hd)
 
     def rope(t):
         tf = t.astype(jnp.float32)
         return (tf * cos + _rotate_half(tf) * sin).astype(dtype)
 
-    use_cache = cache is not None
-    # Keys seen by a query at position p: the cache slots j < write_index (written by earlier
-    # calls) and this call's own tokens at positions <= p. The cache is read per layer but
-    # only written once, after the layer scan: one in-place update of S slots per call.
-    self_mask = positions[None, :] <= positions[:, None]  # [S, S]
-    if use_cache:
-        M = cache.k.shape[2]
-        old_mask = jnp.broadcast_to(jnp.arange(M)[None, :] < write_index, (S, M))
-        mask = jnp.concatenate([old_mask, self_mask], axis=1)  # [S, M + S]
+    if cache is None:
+        mask = positions[None, :] <= positions[:, None]  # [S, S] causal
     else:
-        mask = self_mask
-
-    def layer(h, xs):
-        lp, old_k, old_v = xs
-        a = _rms_norm(h, lp["attn_norm"], c.rms_norm_eps)
-        q = a @ lp["wq"]
-        k = a @ lp["wk"]
-        v = a @ lp["wv"]
+        # This call's tokens are written to slots write_index + s first; query s then sees
+        # the slots j <= write_index + s (earlier calls' tokens and its own causal prefix).
+        write_index = jnp.asarray(write_index, jnp.int32)
+        zero = jnp.zeros((), jnp.int32)
+        idx_k, idx_v = (zero, zero, zero, write_index), (zero, zero, write_index, zero)
+        mask = jnp.arange(cache.max_len)[None, :] <= write_index + jnp.arange(S)[:, None]  # [S, M]
+    new_k, new_v = [], []
+    for l, lp in enumerate(layers):
+        a = _rms_norm(x, lp["attn_norm"], c.rms_norm_eps)
+        q, k, v = a @ lp["wq"], a @ lp["wk"], a @ lp["wv"]
         if c.attention_bias:
             q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-        q = rope(q.reshape(B, S, H, hd))
-        k = rope(k.reshape(B, S, KV, hd))
-        v = v.reshape(B, S, KV, hd)
-        if use_cache:
-            keys = jnp.concatenate([old_k.astype(dtype), k], axis=1)  # [B, M + S, KV, hd]
-            vals = jnp.concatenate([old_v.astype(dtype), v], axis=1)
-        else:
-            keys, vals = k, v
-        qg = q.reshape(B, S, KV, G, hd)
-        scores = jnp.einsum("bskgd,bmkd->bkgsm", qg, keys, preferred_element_type=jnp.float32) * scale
-        scores = jnp.where(mask[None, None, None], scores, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        att = jnp.einsum("bkgsm,bmkd->bskgd", probs, vals).reshape(B, S, H * hd)
-        h = h + att @ lp["wo"]
-        m = _rms_norm(h, lp["mlp_norm"], c.rms_norm_eps)
-        h = h + (jax.nn.silu(m @ lp["w_gate"]) * (m @ lp["w_up"])) @ lp["w_down"]
-        return h, (k, v)
-
-    if use_cache:
-        xs = (layers, cache.k, cache.v)
-    else:
-        xs = (layers, None, None)
-    x, (new_k, new_v) = jax.lax.scan(layer, x, xs)
-    if use_cache:
-        zero = jnp.zeros((), jnp.int32)
-        idx = (zero, zero, jnp.asarray(write_index, jnp.int32), zero, zero)
-        new_cache = KVCache(
-            jax.lax.dynamic_update_slice(cache.k, new_k.astype(cache.k.dtype), idx),
-            jax.lax.dynamic_update_slice(cache.v, new_v.astype(cache.v.dtype), idx),
-        )
-    else:
-        new_cache = None
+        heads = lambda t, n: t.reshape(B, S, n, hd).transpose(0, 2, 1, 3)  # noqa: E731  [B, n, S, hd]
+        q = rope(heads(q, H) * scale).reshape(B, KV, G, S, hd)
+        k = jnp.swapaxes(rope(heads(k, KV)), 2, 3)  # [B, KV, hd, S]: keys are kept transposed
+        v = heads(v, KV).astype(dtype)  # [B, KV, S, hd]
+        if cache is not None:  # in place under donation: the cache is never copied
+            k = jax.lax.dynamic_update_slice(cache.k[l], k.astype(cache.k[l].dtype), idx_k)
+            v = jax.lax.dynamic_update_slice(cache.v[l], v.astype(cache.v[l].dtype), idx_v)
+            new_k.append(k)
+            new_v.append(v)
+        att = attend(q, k, v, mask).reshape(B, H, S, hd).transpose(0, 2, 1, 3).reshape(B, S, H * hd)
+        x = x + att @ lp["wo"]
+        m = _rms_norm(x, lp["mlp_norm"], c.rms_norm_eps)
+        x = x + (jax.nn.silu(m @ lp["w_gate"]) * (m @ lp["w_up"])) @ lp["w_down"]
+    new_cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
     hidden = _rms_norm(x, final_norm, c.rms_norm_eps)
     if head is None:  # tied: contract with the embedding matrix directly (no transpose copy)
         logits = jnp.einsum("bsd,vd->bsv", hidden, embed, preferred_element_type=jnp.float32)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .llama import KVCache, Llama, LlamaConfig, init_cache
+from .llama import Llama, LlamaConfig, init_cache
 
 __all__ = [
     "LMState",
@@ -54,8 +54,8 @@ class LMState(NamedTuple):
     """Per-particle decoding state.
 
     Attributes:
-      cache: model-specific cache pytree (for :class:`JaxLM` a :class:`KVCache`
-        ``[layers, N, max_len, kv_heads, head_dim]``).
+      cache: model-specific cache pytree (for :class:`JaxLM` a :class:`~smcscale.text.llama.KVCache`:
+        per layer, keys ``[N, kv_heads, head_dim, max_len]`` and values ``[N, kv_heads, max_len, head_dim]``).
       logits: ``[N, V]`` float32 logits of the next token.
       position: ``()`` int32, number of tokens already in every particle's context.
     """
@@ -96,6 +96,12 @@ def sample_next(key, logits, temperature: float = 1.0, top_p: float = 1.0, mask=
     ``temperature`` and ``top_p`` are static Python floats. ``mask [N, V]`` (bool) restricts
     the proposal to allowed tokens; a row with no allowed token gets ``mask_logmass = -inf``
     and samples from the unmasked proposal (the caller's weight kills that particle).
+
+    The draw is :func:`inverse_cdf_draw` with two uniforms from the row's key: exact in
+    distribution (up to float rounding), never a token of proposal probability 0, and about
+    4x cheaper than Gumbel-max (``jax.random.categorical``), which needs one Gumbel variate
+    (two logarithms) per vocabulary entry. ``log q`` of the drawn token is read off the
+    log-softmax of the proposal, not off the cumulative sums.
     """
     logits = logits.astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
@@ -114,12 +120,59 @@ def sample_next(key, logits, temperature: float = 1.0, top_p: float = 1.0, mask=
         prop = prop / temperature
         if top_p < 1.0:
             prop = top_p_filter(prop, top_p)
-        logq_full = jax.nn.log_softmax(prop, axis=-1)
-        keys = _row_keys(key, prop.shape[0])
-        tokens = jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(keys, prop).astype(jnp.int32)
-        logq = jnp.take_along_axis(logq_full, tokens[:, None], axis=-1)[:, 0]
+        lse = jax.nn.logsumexp(prop, axis=-1)
+        u = jax.vmap(lambda k: jax.random.uniform(k, (2,), jnp.float32))(_row_keys(key, prop.shape[0]))
+        tokens = inverse_cdf_draw(prop - lse[:, None], u)
+        logq = jnp.take_along_axis(prop, tokens[:, None], axis=-1)[:, 0] - lse
     tok_logp = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
     return DecodeOutput(tokens, logp, tok_logp, logq, mask_logmass)
+
+
+_CDF_BLOCK = 256
+
+
+def inverse_cdf_draw(logq, u, block: int = _CDF_BLOCK):
+    r"""One draw per row from ``q = exp(logq)`` (``logq [N, V]`` normalised log-probabilities,
+    ``-inf`` for excluded tokens) by a two-stage inverse CDF with ``u [N, 2]`` uniforms.
+
+    The vocabulary is cut into ``nb = ceil(V / block)`` blocks (zero-padded). Stage 1 picks block
+    ``b`` with probability ``t_b / sum(t)``, ``t_b = sum_{i in b} q_i``: the first ``b`` with
+    ``T_b = sum_{c <= b} t_c > u_0 sum(t)``. Stage 2 picks ``i`` in block ``b`` with probability
+    ``q_i / t_b``: the first ``i`` whose in-block cumulative mass exceeds ``u_1 t_b``. So
+    ``P(i) = (t_b / sum t)(q_i / t_b) = q_i`` up to float rounding. A float32 uniform has a
+    2^-23 grid; splitting the draw in two stages applies that grid to the block masses and
+    then to the in-block shares, instead of to the ``V`` individual probabilities of one
+    long CDF (whose rounding would misweight tail tokens by up to 2^-23 each). Only short
+    cumulative sums (``nb`` and ``block`` long, accurate in float32) are formed; the one
+    full ``[N, V]`` pass is ``exp`` plus block sums. A token with ``q_i = 0`` is never
+    returned: should rounding land the draw on one (neighbouring cumulative sums that are
+    equal in exact arithmetic but rounded differently), the nearest allowed token below
+    (else above) is taken instead.
+
+    Row ``i``'s token depends only on ``logq[i]`` and ``u[i]``.
+    """
+    n, v = logq.shape
+    bs = min(block, v)
+    nb = -(-v // bs)
+    lq = jnp.pad(logq, ((0, 0), (0, nb * bs - v)), constant_values=-jnp.inf).reshape(n, nb, bs)
+    t = jnp.sum(jnp.exp(lq), axis=-1)  # [N, nb] block masses
+    b = _first_exceeding(jnp.cumsum(t, axis=-1), u[:, 0], t)
+    q_b = jnp.exp(jnp.take_along_axis(lq, b[:, None, None], axis=1)[:, 0])  # [N, bs]
+    i = _first_exceeding(jnp.cumsum(q_b, axis=-1), u[:, 1], q_b)
+    return (b * bs + i).astype(jnp.int32)
+
+
+def _first_exceeding(cum, u, w):
+    """Per row, the first index ``j`` with ``cum[j] > u * cum[-1]`` (``cum`` the inclusive
+    cumulative sum of the non-negative weights ``w``), moved to the nearest index with
+    ``w > 0`` (below first, else above) if rounding put it on a zero weight."""
+    n = cum.shape[-1]
+    j = jnp.minimum(jnp.sum(cum <= (u * cum[:, -1])[:, None], axis=-1), n - 1)
+    ar = jnp.arange(n)
+    pos = w > 0
+    below = jnp.max(jnp.where(pos & (ar <= j[:, None]), ar, -1), axis=-1)
+    above = jnp.min(jnp.where(pos & (ar > j[:, None]), ar, n - 1), axis=-1)
+    return jnp.where(below >= 0, below, above).astype(jnp.int32)
 
 
 def _row_keys(key, n):
@@ -178,8 +231,7 @@ def _prefill(model, params, tokens, length, num_particles, max_len):
     positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
     logits, cache, _ = model.apply(params, tokens, positions, cache, 0)
     last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, axis=0, keepdims=False)
-    rep = lambda a: jnp.repeat(a, num_particles, axis=1)  # noqa: E731
-    cache = KVCache(rep(cache.k), rep(cache.v))
+    cache = jax.tree_util.tree_map(lambda a: jnp.repeat(a, num_particles, axis=0), cache)
     return LMState(cache, jnp.broadcast_to(last, (num_particles, last.shape[-1])), jnp.asarray(length, jnp.int32))
 
 
@@ -215,20 +267,19 @@ def _reorder_rows(state, ancestors):
     dest = jnp.argsort(~moved, stable=True).astype(jnp.int32)  # moved slots first
 
     def body(carry):
-        j, k, v = carry
+        j, cache = carry
         i = dest[j]
         src = ancestors[i]
-        k = jax.lax.dynamic_update_slice_in_dim(k, jax.lax.dynamic_slice_in_dim(k, src, 1, axis=1), i, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(v, jax.lax.dynamic_slice_in_dim(v, src, 1, axis=1), i, axis=1)
-        return j + 1, k, v
+        copy_row = lambda a: jax.lax.dynamic_update_index_in_dim(a, a[src], i, axis=0)  # noqa: E731
+        return j + 1, jax.tree_util.tree_map(copy_row, cache)
 
-    _, k, v = jax.lax.while_loop(lambda c: c[0] < num_moves, body, (jnp.zeros((), num_moves.dtype), state.cache.k, state.cache.v))
-    return LMState(KVCache(k, v), jnp.take(state.logits, ancestors, axis=0), state.position)
+    _, cache = jax.lax.while_loop(lambda c: c[0] < num_moves, body, (jnp.zeros((), num_moves.dtype), state.cache))
+    return LMState(cache, jnp.take(state.logits, ancestors, axis=0), state.position)
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
 def _reorder_gather(state, ancestors):
-    cache = KVCache(jnp.take(state.cache.k, ancestors, axis=1), jnp.take(state.cache.v, ancestors, axis=1))
+    cache = jax.tree_util.tree_map(lambda a: jnp.take(a, ancestors, axis=0), state.cache)
     return LMState(cache, jnp.take(state.logits, ancestors, axis=0), state.position)
 
 
@@ -293,7 +344,7 @@ class JaxLM:
     def _check_room(self, state, n):
         if isinstance(state.position, jax.core.Tracer):
             return
-        pos, max_len = int(state.position), state.cache.k.shape[2]
+        pos, max_len = int(state.position), state.cache.max_len
         if pos + n > max_len:
             raise ValueError(
                 f"the KV cache is full: position {pos} + {n} new token(s) > max_len={max_len}; "
