@@ -13,27 +13,12 @@ The cells are raw strings: what is written here is exactly the cell source.
 
 from __future__ import annotations
 
-import argparse
-import os
 import pathlib
-import sys
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from _nbgen import REPO, code, main, md  # noqa: F401 (REPO used in f-strings)
 
 HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE / "02_particle_gibbs_and_learning.ipynb"
-REPO = "smcscale/smcscale"
-
-cells: list = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n")))
 
 
 # ---------------------------------------------------------------------------------------
@@ -818,36 +803,5 @@ is statistical, not an optimisation error.
 )
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=cells)
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-        "colab": {"provenance": []},
-    }
-    return nb
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--execute", action="store_true", help="run the notebook at full size and keep the outputs")
-    args = parser.parse_args()
-    nb = build()
-    if args.execute:
-        from nbclient import NotebookClient
-
-        os.environ.pop("SMCSCALE_NOTEBOOK_SMALL", None)
-        NotebookClient(
-            nb, timeout=900, kernel_name="python3", record_timing=False,
-            resources={"metadata": {"path": str(HERE)}},
-        ).execute()
-        nb.metadata["language_info"] = {"name": "python"}
-        for cell in nb.cells:
-            cell.metadata.pop("execution", None)
-    nbformat.validate(nb)
-    nbformat.write(nb, OUT)
-    print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KiB)", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main()
+    main(OUT, __doc__)

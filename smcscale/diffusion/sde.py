@@ -28,6 +28,7 @@ by name and rejects unknown names.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 
@@ -38,7 +39,7 @@ import numpy as np
 __all__ = ["SDE", "VPSDE", "VESDE", "EDMSDE", "SDES", "get_sde"]
 
 
-class SDE:
+class SDE(abc.ABC):
     """Base class of the forward SDEs (see the module docstring). Subclasses define
     ``T``, ``t_min``, ``lam(t)`` (the drift rate, ``f = -(lam/2) x``), ``g2(t)``,
     ``alpha(t)``, ``sigma(t)`` and optionally ``time_grid``."""
@@ -50,17 +51,21 @@ class SDE:
     T: float
     t_min: float
 
+    @abc.abstractmethod
     def lam(self, t):
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def g2(self, t):
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def alpha(self, t):
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def sigma(self, t):
-        raise NotImplementedError
+        """See the class docstring."""
 
     # derived ---------------------------------------------------------------------------
 
