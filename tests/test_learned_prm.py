@@ -252,7 +252,10 @@ def test_score_shapes_range_and_causality(lm):
 def test_learned_prm_inside_particle_filter(lm, batched):
     prm = random_prm(lm)
     cfg = GenerationConfig(delimiter="|", max_new_tokens=12, max_steps=3, answer_pattern=None, temperature=1.0)
-    res = particle_filter(lm, prm.batched() if batched else prm, "ab", 4, config=cfg, key=5)
+    from smcscale.text.potentials import as_prm
+
+    assert as_prm(prm).kind == "batch"  # an object with score() is called batched
+    res = particle_filter(lm, prm if batched else prm.score_prefix, "ab", 4, config=cfg, key=5)
     assert np.isfinite(res.log_z)
     assert np.isclose(res.weights.sum(), 1.0)
     assert res.budget.prm_calls > 0

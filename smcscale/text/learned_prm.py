@@ -52,9 +52,8 @@ for the correctness of the final answer.
 
 **Use in the samplers.** :class:`LearnedPRM` has ``score(context, prefixes)`` (batched,
 per-step scores) and ``score_prefix(context, steps)``. :class:`~.potentials.PRMAdapter`
-prefers ``score_prefix`` when both exist (one forward pass per prefix); pass
-:meth:`LearnedPRM.batched` to a sampler to score every prefix of a round in batched forward
-passes instead.
+calls ``score`` when it exists, so a sampler scores every prefix of a round in batched
+forward passes.
 
 **Saving.** :meth:`LearnedPRM.save` writes a directory with ``head.msgpack``
 (``flax.serialization.to_bytes`` of the head parameters) and ``config.json`` (head and input
@@ -76,6 +75,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from .sampler import _as_key
 
 __all__ = [
     "LearnedPRMError",
@@ -416,17 +416,6 @@ def dataset_features(lm, dataset: PRMDataset, *, template: str = "chat", delimit
 
 # ---------------------------------------------------------------------------------------
 # rollouts
-
-
-def _as_key(key):
-    if key is None:
-        key = 0
-    if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)
-    return key
 
 
 def _generate_chunk(lm, state, key, num_tokens: int, temperature: float):
@@ -932,10 +921,6 @@ class LearnedPRM:
             return 0.5
         return self.score(context, [steps])[0][-1]
 
-    def batched(self) -> "_BatchedPRM":
-        """A view with only ``score`` (so :class:`~.potentials.PRMAdapter` uses the batched path)."""
-        return _BatchedPRM(self)
-
     # -- persistence ----------------------------------------------------------------------
     def save(self, path) -> str:
         """Write ``head.msgpack`` and ``config.json`` into the directory ``path``."""
@@ -987,16 +972,6 @@ class LearnedPRM:
             raise LearnedPRMError(f"{hpath}: head parameters do not match the config ({e})") from None
         _check_params(params, cfg, where=hpath)
         return cls(lm, params, cfg, batch_size=batch_size, meta=saved.get("meta"))
-
-
-class _BatchedPRM:
-    """Exposes only ``score`` of a :class:`LearnedPRM` (the batched PRM protocol)."""
-
-    def __init__(self, prm: LearnedPRM):
-        self.prm = prm
-
-    def score(self, context, prefixes):
-        return self.prm.score(context, prefixes)
 
 
 def _check_params(params, cfg: PRMHeadConfig, where: str = "params"):
