@@ -66,7 +66,7 @@ import optax
 
 from .fk import FeynmanKac
 from .resampling import get_resampler
-from .smc import SMCConfig, SMCState, _as_key, _num_steps, _slice, init, smc_step
+from .smc import SMCConfig, SMCState, _as_key, _num_steps, _slice, _step_keys, init, smc_step
 from .smoothing import _as_bound, _check_method, _check_pos_int, _paris_impl, _require_density
 from .ssm import StateSpaceModel, bootstrap
 from .weights import log_normalize, safe_logsumexp
@@ -336,7 +336,7 @@ def _log_z_sg_impl(key, theta, inputs, *, model_fn, filter_fn, log_density_fn, n
         return SMCState(new.particles, log_normalize(shifted), new.log_z + safe_logsumexp(shifted)), None
 
     xs = (
-        jax.random.split(k_rest, num_steps - 1),
+        _step_keys(k_rest, num_steps),  # the driver's keys: log Ẑ is smc.run's, draw for draw
         jax.tree_util.tree_map(lambda leaf: leaf[1:], inputs) if has_inputs else None,
     )
     state, _ = jax.lax.scan(body, state, xs)

@@ -46,7 +46,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from .weights import check_log_weights, log_normalize
+from .weights import check_log_weights
 
 __all__ = [
     "multinomial",
@@ -68,8 +68,12 @@ Resampler = Callable[[jax.Array, jax.Array, int], jax.Array]
 # shared pieces
 
 
-def _prepare(log_weights, num_samples: int, name: str):
-    """Validate, and return (W, dead) with W normalised (zeros where -inf/NaN)."""
+def _prepare(log_weights, num_samples: int, name: str, normalize: bool = True):
+    """Validate; return ``(w, dead, M)`` with ``w`` proportional to the weights (zeros where
+    ``-inf``/NaN), summing to 1 if ``normalize`` and otherwise scaled so that ``max w = 1``
+    (enough for the schemes that only use normalised cumulative weights, and one pass
+    cheaper). ``dead``: no finite log-weight (a ``+inf`` under ``jit`` also counts as dead).
+    """
     if not isinstance(num_samples, int) or isinstance(num_samples, bool):
         try:
             num_samples = int(num_samples)
@@ -80,25 +84,58 @@ def _prepare(log_weights, num_samples: int, name: str):
     check_log_weights(log_weights, name=f"{name}: log_weights")
     lw = jnp.asarray(log_weights)
     lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
-    lw = log_normalize(lw)
-    dead = jnp.all(jnp.isneginf(lw))
-    w = jnp.exp(lw)
+    top = jnp.max(lw)
+    dead = ~jnp.isfinite(top)
+    w = jnp.where(dead, 0.0, jnp.exp(lw - jnp.where(dead, 0.0, top)))
+    if normalize:
+        total = jnp.sum(w)  # >= 1 unless dead: the top weight is exactly 1
+        w = w / jnp.where(total > 0, total, 1.0)
     return w, dead, num_samples
 
 
 def _finish(ancestors, w, dead, num_samples):
     """Clip to the last positive-weight particle; identity ancestors if all dead."""
     n = w.shape[0]
-    positive = w > 0
-    last = n - 1 - jnp.argmax(positive[::-1])
+    # last positive-weight index (a max reduction: XLA:CPU's argmax is a slower variadic reduce)
+    last = jnp.max(jnp.where(w > 0, jnp.arange(n, dtype=jnp.int32), 0))
     ancestors = jnp.clip(ancestors, 0, last)
     fallback = jnp.arange(num_samples, dtype=jnp.int32) % n
     return jnp.where(dead, fallback, ancestors).astype(jnp.int32)
 
 
+_BLOCK = 32
+
+
+def _blocked_cumsum(x, block: int = _BLOCK):
+    """Inclusive cumulative sum of a 1-D float array as blocked triangular matmuls.
+
+    XLA:CPU lowers ``cumsum`` to a tree of reduce-windows, several passes over memory;
+    a ``(N / B, B) @ triu(ones(B, B))`` product plus a recursive cumulative sum of the
+    ``N / B`` block totals is several times faster there. The rounding is that of a
+    sequential sum within blocks of ``B`` and between block totals (no worse than a plain
+    cumulative sum). ``precision=HIGHEST`` keeps TPUs from rounding operands to bfloat16.
+    """
+    n = x.shape[0]
+    if n <= block:
+        return jnp.cumsum(x)
+    nb = -(-n // block)
+    xp = jnp.pad(x, (0, nb * block - n)).reshape(nb, block)
+    tri = jnp.triu(jnp.ones((block, block), x.dtype))
+    within = jnp.matmul(xp, tri, precision=jax.lax.Precision.HIGHEST)
+    totals = within[:, -1]
+    offsets = jnp.concatenate([jnp.zeros((1,), x.dtype), _blocked_cumsum(totals, block)[:-1]])
+    return (within + offsets[:, None]).reshape(-1)[:n]
+
+
+def _cumsum(x):
+    """Cumulative sum of a 1-D float array: blocked matmuls on CPU, ``jnp.cumsum`` elsewhere
+    (GPUs have a dedicated scan kernel)."""
+    return jax.lax.platform_dependent(x, cpu=_blocked_cumsum, default=jnp.cumsum)
+
+
 def _cumulative(w):
     """Cumulative weights normalised so that the last entry is exactly 1."""
-    c = jnp.cumsum(w)
+    c = _cumsum(w)
     total = c[-1]
     return c / jnp.where(total > 0, total, 1.0)
 
@@ -109,6 +146,11 @@ def _ancestors_from_cumcounts(ncum, num_samples: int):
     The ancestor of slot ``k`` is ``#{i : ncum_i <= k}``: one scatter-add of the counts'
     end positions and one cumulative sum, O(N + M), no search.
     """
+    if num_samples <= 2**24:
+        # float32 marks: their partial sums are integers below 2**24, hence exact, and
+        # the float path is the fast one on CPU (see ``_cumsum``)
+        marks = jnp.zeros((num_samples,), jnp.float32).at[ncum].add(1.0, mode="drop")
+        return _cumsum(marks).astype(jnp.int32)
     marks = jnp.zeros((num_samples,), jnp.int32).at[ncum].add(1, mode="drop")
     return jnp.cumsum(marks, dtype=jnp.int32)
 
@@ -130,7 +172,7 @@ def _multinomial_from_w(key, w, num_samples):
 
 def multinomial(key, log_weights, num_samples: int):
     """Multinomial resampling: ``M`` iid draws from ``W``. Cost O(M log N), M uniforms."""
-    w, dead, m = _prepare(log_weights, num_samples, "multinomial")
+    w, dead, m = _prepare(log_weights, num_samples, "multinomial", normalize=False)
     return _finish(_multinomial_from_w(key, w, m), w, dead, m)
 
 
@@ -140,7 +182,7 @@ def stratified(key, log_weights, num_samples: int):
     Cost O(N + M) with no search: the number of points below ``C_i`` is
     ``k* + 1{U_{k*} < M C_i - k*}`` with ``k* = floor(M C_i)``.
     """
-    w, dead, m = _prepare(log_weights, num_samples, "stratified")
+    w, dead, m = _prepare(log_weights, num_samples, "stratified", normalize=False)
     c = _cumulative(w)
     u = jax.random.uniform(key, (m,), dtype=c.dtype)
     mc = m * c
@@ -157,7 +199,7 @@ def systematic(key, log_weights, num_samples: int):
 
     Cost O(N + M), one uniform, no search: ``ncum_i = ceil(M C_i - U)``.
     """
-    w, dead, m = _prepare(log_weights, num_samples, "systematic")
+    w, dead, m = _prepare(log_weights, num_samples, "systematic", normalize=False)
     c = _cumulative(w)
     u = jax.random.uniform(key, (), dtype=c.dtype)
     ncum = jnp.clip(jnp.ceil(m * c - u), 0, m).astype(jnp.int32)
@@ -234,7 +276,7 @@ def killing(key, log_weights, num_samples: int):
     probability ``W_i / max_j W_j``; a killed slot is refilled by a multinomial draw.
     Requires ``num_samples == N``. Cost O(N log N), 2N uniforms.
     """
-    w, dead, m = _prepare(log_weights, num_samples, "killing")
+    w, dead, m = _prepare(log_weights, num_samples, "killing", normalize=False)
     n = w.shape[0]
     if m != n:
         raise ValueError(f"killing: resampling requires num_samples == N ({n}), got {m}")
