@@ -155,6 +155,10 @@ def test_mle_recovers_the_kalman_mle():
     )
     # and it moved: the start was many standard errors away
     assert np.abs((np.asarray(u0) - np.asarray(u_mle)) / sd).max() > 2
+    # the parameters that generated the data are within sampling error of the estimate
+    u_true = np.array([np.arctanh(RHO), np.log(SX), np.log(SY)])
+    z_true = (np.asarray(res.theta_average, np.float64) - u_true) / sd
+    assert np.all(np.abs(z_true) < 4), f"{z_true} MLE standard errors from the true (rho, sigma_X, sigma_Y)"
 
 
 def test_sga_driver_threads_the_carry():
