@@ -457,8 +457,8 @@ def main(argv=None) -> int:
                            temperature=1.0, top_p=1.0, answer_pattern=None)
     prompt_lens = [len(tok.encode_chat(t.prompt_messages())) for _, t in chosen]
     length = -(-(max(prompt_lens) + args.max_new_tokens) // 16) * 16  # one compilation of the scorer
-    # JaxLM.logits re-wraps jax.jit at every call (a recompilation per call): jit once here
-    # around the same computation, batched.
+    # The computation of JaxLM.logits / JaxLM.sequence_logprob, batched over sequences and
+    # with the EOS term added (those score one sequence at a time).
     kernel = make_logprob_kernel(
         lambda params, ids: lm.model.apply(params, ids, jnp.arange(ids.shape[1], dtype=jnp.int32))[0], eos)
 

@@ -67,6 +67,40 @@ def test_cached_prefill_and_decode_match_full_forward(lm, reference):
         assert float(out.mask_logmass[0]) == pytest.approx(float(out.token_logprob[0]), abs=1e-5)
 
 
+def test_sequence_logprob_is_the_teacher_forced_sum(lm, reference):
+    """log p(continuation | prompt) from one padded full forward pass equals the sum of the
+    per-token log-probabilities of cached, teacher-forced decoding."""
+    ids = reference["logits"]["arithmetic"]["ids"]
+    k = 8
+    st = lm.prefill(ids[:k], 1, 64)
+    total = 0.0
+    for j in range(k, len(ids)):
+        mask = jnp.zeros((1, lm.vocab_size), bool).at[0, ids[j]].set(True)
+        st, out = lm.decode_step(st, jax.random.key(j), mask=mask)
+        total += float(out.token_logprob[0])
+    got = lm.sequence_logprob(ids[:k], ids[k:])
+    assert got == pytest.approx(total, abs=1e-3 * (len(ids) - k))
+    assert got < 0 and lm.sequence_logprob(ids[:k], []) == 0.0
+    # padding to the length bucket does not change the logits of the real positions
+    np.testing.assert_allclose(np.asarray(lm.logits(ids[:k])), np.asarray(lm.logits(ids))[:k], atol=LOGIT_ATOL)
+    with pytest.raises(ValueError, match="prompt"):
+        lm.sequence_logprob([], ids)
+
+
+def test_lipogram_mask_forbids_control_tokens(lm):
+    """The lipogram mask judges text: EOS is allowed, other control tokens are not."""
+    from smcscale.text.potentials import lipogram_constraint
+
+    tok = lm.tokenizer
+    mask = lipogram_constraint(tok, "e").static_mask
+    im_start = tok.encode("<|im_start|>", add_special_tokens=False)
+    assert len(im_start) == 1 and not mask[im_start[0]]
+    assert all(mask[int(e)] for e in tok.eos_ids)
+    a = tok.encode("a", add_special_tokens=False)
+    e = tok.encode("e", add_special_tokens=False)
+    assert len(a) == 1 and mask[a[0]] and len(e) == 1 and not mask[e[0]]
+
+
 def test_greedy_answers_paris(lm, reference):
     ids = lm.tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
     assert ids == reference["greedy"]["prompt_ids"]

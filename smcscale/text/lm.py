@@ -257,6 +257,15 @@ def _generate(model, params, state, key, num_tokens, temperature, top_p):
     return state, toks.T, lp.T, lq.T
 
 
+_LOGITS_BUCKET = 64
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _full_logits(model, params, ids):
+    out, _, _ = model.apply(params, ids, jnp.arange(ids.shape[1], dtype=jnp.int32))
+    return out
+
+
 @functools.partial(jax.jit, donate_argnames=("state",))
 def _reorder_rows(state, ancestors):
     """In-place copy of only the rows whose ancestor changed; valid when ``a[a[i]] == a[i]``
@@ -336,10 +345,30 @@ class JaxLM:
         return _generate(self.model, self.params, state, key, int(num_tokens), float(temperature), float(top_p))
 
     def logits(self, token_ids):
-        """Full-sequence logits ``[S, V]`` of one token sequence (no cache; for checks)."""
-        ids = jnp.asarray(np.asarray(token_ids, np.int32))[None]
-        out, _, _ = jax.jit(self.model.apply)(self.params, ids, jnp.arange(ids.shape[1], dtype=jnp.int32))
-        return out[0]
+        """Full-sequence logits ``[S, V]`` of one token sequence (no cache).
+
+        The sequence is padded to a multiple of 64 tokens before the forward pass (a causal
+        model's logits at a position do not depend on later tokens), so sequences of similar
+        length share one compilation."""
+        ids = np.asarray(token_ids, np.int32).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("logits: empty token sequence")
+        padded = np.zeros((1, -(-ids.size // _LOGITS_BUCKET) * _LOGITS_BUCKET), np.int32)
+        padded[0, : ids.size] = ids
+        return _full_logits(self.model, self.params, jnp.asarray(padded))[0, : ids.size]
+
+    def sequence_logprob(self, prompt_ids, continuation) -> float:
+        """``log p(continuation | prompt)`` under the model at temperature 1 (float64 sum of
+        float32 log-softmax terms; no EOS term is added)."""
+        prompt = [int(t) for t in prompt_ids]
+        cont = [int(t) for t in continuation]
+        if not prompt:
+            raise ValueError("sequence_logprob: the prompt must hold at least one token")
+        if not cont:
+            return 0.0
+        logp = np.asarray(jax.nn.log_softmax(self.logits(prompt + cont).astype(jnp.float32), axis=-1), np.float64)
+        rows = np.arange(len(prompt) - 1, len(prompt) - 1 + len(cont))
+        return float(logp[rows, cont].sum())
 
     def _check_room(self, state, n):
         if isinstance(state.position, jax.core.Tracer):

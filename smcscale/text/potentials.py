@@ -366,9 +366,14 @@ class TokenConstraint:
         return out
 
 
-def token_mask_from_predicate(tokenizer, predicate: Callable[[str], bool], vocab_size: Optional[int] = None) -> np.ndarray:
-    """``bool [V]``: ``predicate(decoded token string)`` for every token id (EOS ids allowed).
+def token_mask_from_predicate(
+    tokenizer, predicate: Callable[[str], bool], vocab_size: Optional[int] = None, allow_control: bool = False
+) -> np.ndarray:
+    """``bool [V]``: ``predicate(decoded token string)`` for every token id.
 
+    EOS ids are always allowed. Other control tokens (``<|im_start|>``, ``<repo_name>``, ...:
+    ids whose whole text disappears under ``decode(..., skip_special_tokens=True)``) are not
+    text, so a text predicate cannot judge them: they are forbidden unless ``allow_control``.
     Decodes every id once (for a 49k vocabulary, about a second)."""
     v = int(vocab_size if vocab_size is not None else tokenizer.vocab_size)
     eos = set(getattr(tokenizer, "eos_ids", ()) or ())
@@ -381,12 +386,24 @@ def token_mask_from_predicate(tokenizer, predicate: Callable[[str], bool], vocab
             s = tokenizer.decode([i])
         except Exception:  # ids past the tokenizer's table (padded vocabularies)
             continue
+        if not allow_control and s and _is_control(tokenizer, i):
+            continue
         mask[i] = bool(predicate(s))
     return mask
 
 
+def _is_control(tokenizer, token_id: int) -> bool:
+    """Whether ``token_id`` is a control token: non-empty text that ``skip_special_tokens``
+    removes. Tokenizers without that keyword have no control tokens here."""
+    try:
+        return tokenizer.decode([token_id], skip_special_tokens=True) == ""
+    except TypeError:
+        return False
+
+
 def lipogram_constraint(tokenizer, letter: str = "e", weighted: bool = True, vocab_size: Optional[int] = None) -> TokenConstraint:
-    """A static mask forbidding every token whose text contains ``letter`` (any case or accent)."""
+    """A static mask forbidding every token whose text contains ``letter`` (any case or
+    accent), and the non-EOS control tokens (see :func:`token_mask_from_predicate`)."""
     from ..tasks.constraints import Lipogram
 
     lip = Lipogram(id="mask", topic="", letter=letter)
