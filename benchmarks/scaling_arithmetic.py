@@ -7,7 +7,9 @@ Runs through the experiment runner (:mod:`smcscale.experiment`), so results go t
 best-of-N and majority are estimated for every budget ``k`` from one pool of
 ``max(budgets)`` independent samples per problem (averaging over random size-``k``
 subsets: an unbiased estimate of the best-of-``k`` accuracy, at the cost of one pool);
-every other method runs separately at every budget.
+every other method runs separately at every budget. Particle filter and particle Gibbs units
+also record ``<method>_vote``: the same particles answered by weighted majority vote.
+``--pf-every-step`` adds ``pf_every``, the filter resampling at every step (``ess_threshold=1``).
 
 Intervals: Wilson 95% for methods run per budget (binomial over problems × seeds); for
 the subsampled rules, mean ± 1.96 SE over problems of the per-problem expected accuracy.
@@ -51,6 +53,8 @@ def _config(args):
             if args.max_method_budget and m != "greedy":
                 opts["budgets"] = [b for b in args.budgets if b <= args.max_method_budget]
             specs.append(E.MethodSpec(m, m, opts))
+            if m == "pf" and args.pf_every_step:  # a second filter that resamples at every step boundary
+                specs.append(E.MethodSpec("pf_every", "pf", {**opts, "ess_threshold": 1.0}))
     return E.ExperimentConfig(
         task="arithmetic", split=args.split, problems=args.problems, methods=tuple(specs), budgets=tuple(args.budgets),
         seeds=tuple(args.seeds),
@@ -118,6 +122,8 @@ def main(argv=None) -> int:
                     help="run methods other than the independent pool only up to this budget (saves time)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scaling_arithmetic")
+    ap.add_argument("--pf-every-step", action="store_true",
+                    help="also run method 'pf_every': the particle filter with ess_threshold=1 (resample every step)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 

@@ -68,6 +68,9 @@ __all__ = [
 
 METHOD_KINDS = ("greedy", "independent", "beam", "dvts", "pf", "pg")
 INDEPENDENT_RULES = ("best_of_n", "weighted_best_of_n", "majority")
+#: suffix of the extra rule recorded for ``pf``/``pg`` units: weighted majority vote over the
+#: final particles (the method's own rule is the top-weight particle unless ``select="vote"``)
+VOTE_SUFFIX = "_vote"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,6 +371,9 @@ def _solver(cfg: ExperimentConfig, lm, problems) -> Callable[[dict], dict]:
             raise AssertionError(m.kind)
         wall = time.perf_counter() - t0
         answers = rules if rules is not None else {m.name: res.selected_answer}
+        if m.kind in ("pf", "pg") and opts.get("select", "argmax") != "vote":
+            # the same particles, answered by weighted majority vote instead of the top weight
+            answers[f"{m.name}{VOTE_SUFFIX}"] = S.select_answer(res.answers, res.weights, "vote")[1]
         rec = {
             "answers": {k: _plain(v) for k, v in answers.items()},
             "correct": {k: bool(v is not None and v == p.answer) for k, v in answers.items()},
@@ -498,7 +504,10 @@ def summarize(records: Sequence[dict], cfg: Optional[ExperimentConfig] = None) -
     order = []
     if cfg is not None:
         for m in cfg.methods:
-            order += list(INDEPENDENT_RULES) if m.kind == "independent" else [m.name]
+            if m.kind == "independent":
+                order += list(INDEPENDENT_RULES)
+            else:
+                order += [m.name] + ([m.name + VOTE_SUFFIX] if m.kind in ("pf", "pg") else [])
     rank = {name: i for i, name in enumerate(order)}
     rows = []
     for (rule, n), c in sorted(cells.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0][0], kv[0][1])):
