@@ -36,31 +36,51 @@ def plot_ess(result, ax=None, num_particles=None):
     return ax
 
 
+def _surviving(ancestors) -> np.ndarray:
+    """``(T, N)`` bool: particle ``i`` at time ``t`` has a descendant among the final particles."""
+    from .smc import trace_genealogy
+
+    back = np.asarray(trace_genealogy(ancestors))
+    alive = np.zeros(back.shape, bool)
+    np.put_along_axis(alive, back, True, axis=1)
+    return alive
+
+
 def plot_genealogy(ancestors, values=None, ax=None, max_particles=200):
-    """Genealogy tree: every particle's link to its parent, surviving lineages in bold.
+    """Genealogy tree: every particle's link to its parent (grey, the first ``max_particles``
+    particles) and the whole ancestral tree of the final particles (bold): every link whose
+    child still has a descendant at the last step, so branch points show where lineages merge.
 
     Args:
       ancestors: ``(T, N)`` recorded ancestors.
       values: optional ``(T, N)`` particle values for the y axis (default: particle index).
     """
-    from .smc import trace_genealogy
+    from matplotlib.collections import LineCollection
 
     ax = _axes(ax)
     anc = np.asarray(ancestors)
     T, N = anc.shape
+    y = np.tile(np.arange(N, dtype=float), (T, 1)) if values is None else np.asarray(values, float)
+    t_idx = np.arange(1, T)[:, None]
+
+    def segments(rows, cols):
+        return np.stack([np.stack([rows - 1, y[rows - 1, anc[rows, cols]]], -1), np.stack([rows, y[rows, cols]], -1)], 1)
+
     keep = np.arange(min(N, max_particles))
-    y = np.tile(np.arange(N, dtype=float), (T, 1)) if values is None else np.asarray(values)
-    for t in range(1, T):
-        for i in keep:
-            ax.plot([t - 1, t], [y[t - 1, anc[t, i]], y[t, i]], color="0.8", lw=0.4)
-    back = np.asarray(trace_genealogy(anc))
-    for i in np.unique(back[0]) if T > 1 else []:
-        lineage = [j for j in range(N) if back[0, j] == i][:1]
-        for j in lineage:
-            ax.plot(np.arange(T), y[np.arange(T), back[:, j]], color="tab:blue", lw=1.2)
+    if T > 1:
+        r, c = np.broadcast_arrays(t_idx, keep[None, :])
+        ax.add_collection(LineCollection(segments(r.ravel(), c.ravel()), colors="0.8", linewidths=0.4))
+        alive = _surviving(anc)
+        r, c = np.nonzero(alive[1:])
+        ax.add_collection(LineCollection(segments(r + 1, c), colors="tab:blue", linewidths=1.2))
+        roots = int(alive[0].sum())
+    else:
+        roots = N
+    ax.plot(np.zeros(min(N, max_particles)), y[0, :max_particles], ".", color="0.6", ms=2)
+    ax.autoscale_view()
     ax.set_xlabel("t")
     ax.set_ylabel("particle" if values is None else "x_t")
-    ax.set_title(f"genealogy: {len(np.unique(back[0]))} lineage(s) survive from t=0")
+    ax.set_title(f"genealogy: {roots} lineage(s) survive from t=0")
     return ax
 
 
