@@ -259,6 +259,8 @@ def test_learned_prm_inside_particle_filter(lm, batched):
     assert np.isfinite(res.log_z)
     assert np.isclose(res.weights.sum(), 1.0)
     assert res.budget.prm_calls > 0
+    if batched:  # the PRM's own count: its real input sequences, at least one token per call
+        assert res.budget.prm_input_tokens >= res.budget.prm_calls
     assert all(0 < r < 1 for r in res.scores)
 
 

@@ -391,6 +391,7 @@ def test_budget_counters_on_a_hand_computable_case():
     assert (b.generations, b.generated_tokens, b.forced_tokens, b.decode_steps) == (3, 6, 0, 2)
     assert (b.prefill_tokens, b.lm_forward_tokens) == (1, 1 + 3 * 2)
     assert (b.prm_calls, b.prm_input_chars) == (3, 3 * (len("a") + len("b")))
+    assert b.prm_input_tokens == 3 * 2  # one character = one token of the fake tokenizer
     assert (b.rounds, b.resamples) == (2, 0)
     assert res.log_z == pytest.approx(math.log(0.8))
     assert res.wall_time > 0 and len(res.ess) == 2 and len(res.ancestors) == 2

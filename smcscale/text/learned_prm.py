@@ -921,6 +921,12 @@ class LearnedPRM:
             return 0.5
         return self.score(context, [steps])[0][-1]
 
+    def count_input_tokens(self, context: str, steps: Sequence[str]) -> int:
+        """Length of the token sequence the LM reads to score ``steps`` (budget accounting)."""
+        ids, _ = prm_input(self.lm.tokenizer, context, list(steps), delimiter=self.config.delimiter,
+                           template=self.config.template)
+        return len(ids)
+
     # -- persistence ----------------------------------------------------------------------
     def save(self, path) -> str:
         """Write ``head.msgpack`` and ``config.json`` into the directory ``path``."""

@@ -151,6 +151,10 @@ class PRMAdapter:
       calls: number of prefixes scored (one ``score_prefix`` call, or one prefix of a
         batched ``score`` call).
       input_chars: total characters sent: ``len(context) + sum(len(step))`` per prefix.
+      input_tokens: total input tokens: the PRM's own count if it has
+        ``count_input_tokens(context, steps) -> int`` (an LM-based PRM: its real input
+        sequence), else the context and the steps encoded by ``tokenizer`` (the samplers
+        set the policy LM's), else 0.
     """
 
     def __init__(self, prm: Any):
@@ -171,10 +175,24 @@ class PRMAdapter:
             )
         self.calls = 0
         self.input_chars = 0
+        self.input_tokens = 0
+        self.tokenizer = None
+        self._num_tokens: dict = {}
 
     def _count(self, context, steps):
         self.calls += 1
         self.input_chars += len(context) + sum(len(s) for s in steps)
+        counter = getattr(self.prm, "count_input_tokens", None)
+        if callable(counter):
+            self.input_tokens += int(counter(context, list(steps)))
+        elif self.tokenizer is not None:
+            self.input_tokens += self._tokens(context) + sum(self._tokens(s) for s in steps)
+
+    def _tokens(self, text: str) -> int:
+        n = self._num_tokens.get(text)
+        if n is None:
+            n = self._num_tokens[text] = len(self.tokenizer.encode(text, add_special_tokens=False))
+        return n
 
     def score_last(self, context: str, prefixes: Sequence[Sequence[str]]) -> list[float]:
         """Score of each prefix judged at its latest step."""

@@ -179,7 +179,8 @@ class Budget:
       (plus teacher-forced passes of ancestor sampling);
     * ``lm_forward_tokens``: tokens the LM actually computed: ``prefill_tokens`` + ``n`` ×
       ``decode_steps`` (finished rows are computed too: decoding is lockstep);
-    * ``prm_calls``, ``prm_input_chars``: prefixes scored and characters sent to the PRM;
+    * ``prm_calls``, ``prm_input_chars``, ``prm_input_tokens``: prefixes scored, and
+      characters and tokens sent to the PRM (tokens: see :class:`.potentials.PRMAdapter`);
     * ``rounds``, ``resamples``: SMC rounds and resampling events.
     """
 
@@ -191,6 +192,7 @@ class Budget:
     lm_forward_tokens: int = 0
     prm_calls: int = 0
     prm_input_chars: int = 0
+    prm_input_tokens: int = 0
     rounds: int = 0
     resamples: int = 0
 
@@ -749,12 +751,15 @@ class _Sweep:
 
     def _score(self, g: _Group, parts: Sequence[_Particle]) -> None:
         pot = g.policy.potential
-        before = (pot.prm.calls, pot.prm.input_chars)
+        if pot.prm.tokenizer is None:
+            pot.prm.tokenizer = getattr(self.lm, "tokenizer", None)
+        before = (pot.prm.calls, pot.prm.input_chars, pot.prm.input_tokens)
         rs = pot.update(self.context, [(p.steps, p.scores) for p in parts])
         for p, r in zip(parts, rs):
             p.r = r
         g.budget.prm_calls += pot.prm.calls - before[0]
         g.budget.prm_input_chars += pot.prm.input_chars - before[1]
+        g.budget.prm_input_tokens += pot.prm.input_tokens - before[2]
 
     def _end_round(self, g: _Group) -> bool:
         """Score, reweight and decide; return whether the population resamples now."""
