@@ -9,7 +9,7 @@ best-of-N and majority are estimated for every budget ``k`` from one pool of
 subsets: an unbiased estimate of the best-of-``k`` accuracy, at the cost of one pool);
 every other method runs separately at every budget. Particle filter and particle Gibbs units
 also record ``<method>_vote``: the same particles answered by weighted majority vote.
-``--pf-every-step`` adds ``pf_every``, the filter resampling at every step (``ess_threshold=1``).
+``--extra-methods`` adds methods (e.g. a filter resampling at every step, or a larger pool).
 
 Intervals: Wilson 95% for methods run per budget (binomial over problems × seeds); for
 the subsampled rules, mean ± 1.96 SE over problems of the per-problem expected accuracy.
@@ -43,7 +43,7 @@ METHODS = ("greedy", "independent", "beam", "dvts", "pf", "pg")
 def _config(args):
     from smcscale import experiment as E
 
-    pool = max(args.budgets)
+    pool = args.pool or max(args.budgets)
     specs = []
     for m in args.methods:
         if m == "independent":
@@ -53,8 +53,8 @@ def _config(args):
             if args.max_method_budget and m != "greedy":
                 opts["budgets"] = [b for b in args.budgets if b <= args.max_method_budget]
             specs.append(E.MethodSpec(m, m, opts))
-            if m == "pf" and args.pf_every_step:  # a second filter that resamples at every step boundary
-                specs.append(E.MethodSpec("pf_every", "pf", {**opts, "ess_threshold": 1.0}))
+    for extra in args.extra_methods:
+        specs.append(E.MethodSpec(extra["name"], extra["kind"], dict(extra.get("options", {}))))
     return E.ExperimentConfig(
         task="arithmetic", split=args.split, problems=args.problems, methods=tuple(specs), budgets=tuple(args.budgets),
         seeds=tuple(args.seeds),
@@ -62,14 +62,26 @@ def _config(args):
     )
 
 
-def _curves(records, budgets):
-    """{method: {N: (acc, lo, hi, n)}} with subsampled curves for the independent pool."""
+def _curves(records, budgets, aliases=None):
+    """{method: {N: (acc, lo, hi, n)}} with subsampled curves for the independent pool.
+
+    ``aliases`` maps an extra method's name to the curve it extends (the same method run at
+    more budgets); its ``_vote`` rule follows."""
     from smcscale import experiment as E
 
+    aliases = dict(aliases or {})
+    aliases.update({k + E.VOTE_SUFFIX: v + E.VOTE_SUFFIX for k, v in list(aliases.items())})
     curves: dict = {}
     for row in E.summarize([r for r in records if r["kind"] != "independent"])["rows"]:
-        curves.setdefault(row["method"], {})[row["budget"]] = (row["accuracy"], row["ci_low"], row["ci_high"], row["n"])
-    pools = [r for r in records if r["kind"] == "independent"]
+        name = aliases.get(row["method"], row["method"])
+        curves.setdefault(name, {})[row["budget"]] = (row["accuracy"], row["ci_low"], row["ci_high"], row["n"])
+    largest: dict = {}  # one pool per (problem, seed): the largest, if several pool methods ran
+    for r in records:
+        if r["kind"] == "independent":
+            key = (r["problem"], r["seed"])
+            if key not in largest or len(r["samples"]) > len(largest[key]["samples"]):
+                largest[key] = r
+    pools = list(largest.values())
     for rule in E.INDEPENDENT_RULES:
         for k in budgets:
             vals = [E.subsampled_accuracy(r["samples"], r["reference_answer"], k, rule, num_subsets=200,
@@ -122,8 +134,12 @@ def main(argv=None) -> int:
                     help="run methods other than the independent pool only up to this budget (saves time)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scaling_arithmetic")
-    ap.add_argument("--pf-every-step", action="store_true",
-                    help="also run method 'pf_every': the particle filter with ess_threshold=1 (resample every step)")
+    ap.add_argument("--pool", type=int, default=None,
+                    help="size of the 'independent' pool (default: the largest budget)")
+    ap.add_argument("--extra-methods", type=json.loads, default=[],
+                    help='JSON list of extra methods, e.g. \'[{"name": "pf_every", "kind": "pf", '
+                         '"options": {"ess_threshold": 1.0, "budgets": [8]}}]\'; "curve": "pf" plots a method as more budgets of '
+                         'the pf curve; of several "independent" pools the largest per problem is used)')
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -135,7 +151,7 @@ def main(argv=None) -> int:
     store = E.ResultStore(args.out / "results.jsonl")
     units = {u["unit"] for u in E._units(cfg, E._problems(cfg))}
     records = [r for r in store.records if r["unit"] in units]
-    curves = _curves(records, args.budgets)
+    curves = _curves(records, args.budgets, {e["name"]: e["curve"] for e in args.extra_methods if "curve" in e})
 
     print(f"\n{'method':<20}" + "".join(f"{'N=' + str(k):>18}" for k in args.budgets))
     for m, c in curves.items():
