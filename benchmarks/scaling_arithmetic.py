@@ -45,11 +45,14 @@ def _config(args):
 
     pool = args.pool or max(args.budgets)
     specs = []
+    agg = {} if args.aggregation == "last" else {"aggregation": args.aggregation}
     for m in args.methods:
         if m == "independent":
-            specs.append(E.MethodSpec("independent", "independent", {"budgets": [pool]}))
+            specs.append(E.MethodSpec("independent", "independent", {"budgets": [pool], **agg}))
         else:
             opts = {"iterations": 2} if m == "pg" else {}
+            if m != "greedy":
+                opts.update(agg)
             if args.max_method_budget and m != "greedy":
                 opts["budgets"] = [b for b in args.budgets if b <= args.max_method_budget]
             specs.append(E.MethodSpec(m, m, opts))
@@ -134,6 +137,10 @@ def main(argv=None) -> int:
                     help="run methods other than the independent pool only up to this budget (saves time)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scaling_arithmetic")
+    ap.add_argument("--aggregation", default="last", choices=("last", "min", "prod", "model"),
+                    help="how step scores make a potential/score for every PRM-using method: 'last' (the "
+                         "latest step's score) or 'prod'/'min' over steps (suits a PRM that judges each step "
+                         "on its own, such as the programmatic one)")
     ap.add_argument("--pool", type=int, default=None,
                     help="size of the 'independent' pool (default: the largest budget)")
     ap.add_argument("--extra-methods", type=json.loads, default=[],
