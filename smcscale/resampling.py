@@ -93,6 +93,12 @@ def _prepare(log_weights, num_samples: int, name: str, normalize: bool = True):
     return w, dead, num_samples
 
 
+def _impossible(log_weights):
+    """Particles that must never be chosen: log-weight ``-inf`` (or NaN)."""
+    lw = jnp.asarray(log_weights)
+    return ~(lw > -jnp.inf)
+
+
 def _finish(ancestors, w, dead, num_samples):
     """Clip to the last positive-weight particle; identity ancestors if all dead."""
     n = w.shape[0]
@@ -133,9 +139,26 @@ def _cumsum(x):
     return jax.lax.platform_dependent(x, cpu=_blocked_cumsum, default=jnp.cumsum)
 
 
-def _cumulative(w):
-    """Cumulative weights normalised so that the last entry is exactly 1."""
+def _cumulative(w, impossible=None):
+    """Cumulative weights normalised so that the last entry is exactly 1.
+
+    ``impossible`` (bool, like ``w``; default ``w == 0``) marks particles that must get no
+    offspring. A parallel prefix sum (a tree, or blocks) does not add exact zeros exactly:
+    across a block boundary ``C_i`` of a zero-weight particle can differ from ``C_{i-1}`` by
+    an ulp, and a grid point or uniform falling in that sliver would pick it. When some
+    particle is impossible, ``C`` is therefore forward-filled over those particles
+    (``C_i = C_{last possible j < i}``, a cumulative max; only paid then), which makes their
+    intervals exactly empty.
+    """
     c = _cumsum(w)
+    if impossible is None:
+        impossible = w == 0
+    c = jax.lax.cond(
+        jnp.any(impossible),
+        lambda v: jax.lax.cummax(jnp.where(impossible, jnp.zeros_like(v), v)),
+        lambda v: v,
+        c,
+    )
     total = c[-1]
     return c / jnp.where(total > 0, total, 1.0)
 
@@ -160,8 +183,8 @@ def _inverse_cdf(c, u):
     return jnp.searchsorted(c, u, side="right").astype(jnp.int32)
 
 
-def _multinomial_from_w(key, w, num_samples):
-    c = _cumulative(w)
+def _multinomial_from_w(key, w, num_samples, impossible=None):
+    c = _cumulative(w, impossible)
     u = jax.random.uniform(key, (num_samples,), dtype=c.dtype)
     return _inverse_cdf(c, u)
 
@@ -173,7 +196,7 @@ def _multinomial_from_w(key, w, num_samples):
 def multinomial(key, log_weights, num_samples: int):
     """Multinomial resampling: ``M`` iid draws from ``W``. Cost O(M log N), M uniforms."""
     w, dead, m = _prepare(log_weights, num_samples, "multinomial", normalize=False)
-    return _finish(_multinomial_from_w(key, w, m), w, dead, m)
+    return _finish(_multinomial_from_w(key, w, m, _impossible(log_weights)), w, dead, m)
 
 
 def stratified(key, log_weights, num_samples: int):
@@ -183,7 +206,7 @@ def stratified(key, log_weights, num_samples: int):
     ``k* + 1{U_{k*} < M C_i - k*}`` with ``k* = floor(M C_i)``.
     """
     w, dead, m = _prepare(log_weights, num_samples, "stratified", normalize=False)
-    c = _cumulative(w)
+    c = _cumulative(w, _impossible(log_weights))
     u = jax.random.uniform(key, (m,), dtype=c.dtype)
     mc = m * c
     kstar = jnp.floor(mc).astype(jnp.int32)
@@ -200,7 +223,7 @@ def systematic(key, log_weights, num_samples: int):
     Cost O(N + M), one uniform, no search: ``ncum_i = ceil(M C_i - U)``.
     """
     w, dead, m = _prepare(log_weights, num_samples, "systematic", normalize=False)
-    c = _cumulative(w)
+    c = _cumulative(w, _impossible(log_weights))
     u = jax.random.uniform(key, (), dtype=c.dtype)
     ncum = jnp.clip(jnp.ceil(m * c - u), 0, m).astype(jnp.int32)
     ncum = ncum.at[-1].set(m)
@@ -283,7 +306,7 @@ def killing(key, log_weights, num_samples: int):
     k1, k2 = jax.random.split(key)
     wmax = jnp.max(w)
     keep = jax.random.uniform(k1, (n,), dtype=w.dtype) * wmax < w
-    draws = _multinomial_from_w(k2, w, n)
+    draws = _multinomial_from_w(k2, w, n, _impossible(log_weights))
     return _finish(jnp.where(keep, jnp.arange(n, dtype=jnp.int32), draws), w, dead, m)
 
 
