@@ -173,12 +173,17 @@ class ExperimentConfig:
 
 #: The main job (``smcscale`` with no arguments): particle filtering vs best-of-N with the
 #: embedded SmolLM2 on a few easy arithmetic problems, at budgets 1 and 4 (a few minutes on
-#: two CPU cores).
+#: two CPU cores). The programmatic PRM judges each step on its own, so a solution's score
+#: is the product of its step scores (``aggregation="prod"``: one wrong claim anywhere sinks
+#: it); with ``"last"`` a wrong step followed by a consistent final line would score as well as
+#: a correct solution, and best-of-N would not improve with N (measured: see
+#: ``benchmarks/results/scaling_arithmetic*``).
 DEFAULT_CONFIG = ExperimentConfig(
     task="arithmetic",
     split="easy-test",
     problems=4,
-    methods=(MethodSpec("pf", "pf"), MethodSpec("independent", "independent")),
+    methods=(MethodSpec("pf", "pf", {"aggregation": "prod"}),
+             MethodSpec("independent", "independent", {"aggregation": "prod"})),
     budgets=(1, 4),
     seeds=(0,),
     generation={"max_new_tokens": 96, "max_step_tokens": 24, "temperature": 0.8},
