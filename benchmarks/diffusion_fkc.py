@@ -40,14 +40,14 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shared benchmark helpers
+import _machine  # noqa: E402
 ROOT = HERE.parent
 
 
@@ -60,30 +60,7 @@ def _imports():
 
 
 def machine_info():
-    import jax
-    import numpy as np
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "numpy": np.__version__,
-    }
-    from importlib.metadata import PackageNotFoundError, version
-
-    for mod in ("flax", "optax", "scikit-learn", "smcscale"):
-        try:
-            info[mod] = version(mod)
-        except PackageNotFoundError:
-            info[mod] = None
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:
-        pass
+    info = _machine.machine_info(("numpy", "flax", "optax", "scikit-learn", "smcscale"))
     return info
 
 

