@@ -9,8 +9,8 @@ linear-Gaussian state-space model
     x_0 ~ N(0, sigma_X^2 / (1 - rho^2)),   x_t = rho x_{t-1} + sigma_X eps_t,
     y_t = x_t + sigma_Y eta_t,              rho = 0.9, sigma_X = 1, sigma_Y = 0.2,
 
-for N = 1e3 and N = 1e5 particles, with three implementations run in ONE process on the
-SAME simulated series:
+for N = 1e3 and N = 1e5 particles, with three implementations (and smcscale with a raw
+key) run in ONE process on the SAME simulated series:
 
 * ``smcscale``: ``smc.run(key, smc.bootstrap(lgssm.univariate(...)), ys, N,
   ess_threshold=1.0, resampling="systematic").log_z`` under ``jax.jit``;
@@ -23,7 +23,12 @@ SAME simulated series:
   (resample with ``blackjax.smc.resampling.systematic``, move with a vmapped per-particle
   transition as the API prescribes, weight by the observation density), in a jitted
   ``lax.scan`` over time, float32; ``log Z`` accumulates the step's
-  ``log_likelihood_increment`` (= log-mean of the unnormalised weights).
+  ``log_likelihood_increment`` (= log-mean of the unnormalised weights);
+* ``smcscale_rawkey``: smcscale again, given ``jax.random.PRNGKey(seed)`` (a raw ``uint32``
+  key) instead of ``jax.random.key(seed)``. The draws are the same, so log Z must be
+  identical run for run (checked), but the driver does not re-wrap a raw key as
+  ``smcscale.prng.fast_key``: this row times JAX's own Threefry, which runs its 20 rounds
+  as a loop on CPU, and shows what the unrolled hash is worth.
 
 JAX methods are compiled (and run once) before timing; ``particles`` gets one warm-up run
 (Numba compilation). The timed runs are interleaved round-robin across methods, with the
@@ -68,7 +73,7 @@ import _machine  # noqa: E402
 ROOT = HERE.parent
 
 RHO, SIGMA_X, SIGMA_Y, T = 0.9, 1.0, 0.2, 100
-METHODS = ("smcscale", "particles", "blackjax")
+METHODS = ("smcscale", "particles", "blackjax", "smcscale_rawkey")
 
 
 def _missing(name: str, err: Exception) -> None:
@@ -112,7 +117,7 @@ def _imports():
 # the three filters
 
 
-def make_smcscale(ys, n):
+def make_smcscale(ys, n, raw_key=False):
     import jax
 
     import smcscale as smc
@@ -120,9 +125,12 @@ def make_smcscale(ys, n):
 
     fk = smc.bootstrap(lgssm.univariate(RHO, SIGMA_X, SIGMA_Y))
     f = jax.jit(lambda k: smc.run(k, fk, ys, n, ess_threshold=1.0, resampling="systematic").log_z)
+    # a raw uint32 PRNGKey holds the same key data (so the same draws and log Z) but is not
+    # re-wrapped by smcscale.prng.fast_key: JAX's own looped Threefry hash on CPU
+    make_key = jax.random.PRNGKey if raw_key else jax.random.key
 
     def run(seed):
-        return float(f(jax.random.key(seed)).block_until_ready())
+        return float(f(make_key(seed)).block_until_ready())
 
     return run
 
@@ -275,7 +283,8 @@ def main(argv=None) -> int:
     )
     print(f"Kalman log Z = {kalman:.4f} (float32 JAX), {kalman64:.4f} (float64 NumPy)\n", flush=True)
 
-    makers = {"smcscale": make_smcscale, "particles": make_particles, "blackjax": make_blackjax}
+    makers = {"smcscale": make_smcscale, "particles": make_particles, "blackjax": make_blackjax,
+              "smcscale_rawkey": lambda data, n: make_smcscale(data, n, raw_key=True)}
     results = {}
     for n in args.sizes:
         runners = {}
@@ -319,7 +328,12 @@ def main(argv=None) -> int:
                 failures.append(f"{name} N={n}: mean log Z {res['mean_log_z']:.3f} vs Kalman {kalman:.3f} (tol {tol:.2f})")
             rows.append((name, n, res))
 
-    hdr = f"{'method':<10} {'N':>7} {'median ms':>10} {'min ms':>9} {'mean logZ':>10} {'sd':>6} {'Kalman logZ':>11} {'x smcscale':>10}"
+    for n in args.sizes:
+        a, b = results[("smcscale", n)]["log_z"], results[("smcscale_rawkey", n)]["log_z"]
+        if a != b:
+            failures.append(f"smcscale_rawkey N={n}: log Z differs from smcscale's for the same key data")
+
+    hdr = f"{'method':<16} {'N':>7} {'median ms':>10} {'min ms':>9} {'mean logZ':>10} {'sd':>6} {'Kalman logZ':>11} {'x smcscale':>10}"
     print("\n" + hdr)
     print("-" * len(hdr))
     ratios = {}
@@ -329,7 +343,7 @@ def main(argv=None) -> int:
             ratios[f"{name}_over_smcscale_n{n}"] = ratio
         flag = "" if res["consistent_with_kalman"] else "  <-- log Z off"
         print(
-            f"{name:<10} {n:>7} {res['median_ms']:>10.2f} {res['min_ms']:>9.2f} {res['mean_log_z']:>10.3f} "
+            f"{name:<16} {n:>7} {res['median_ms']:>10.2f} {res['min_ms']:>9.2f} {res['mean_log_z']:>10.3f} "
             f"{res['sd_log_z']:>6.3f} {kalman:>11.3f} {ratio:>10.2f}{flag}"
         )
     print("(x smcscale = median time / smcscale's median time at the same N; > 1: smcscale is faster)")
@@ -352,6 +366,7 @@ def main(argv=None) -> int:
             "resampling": "systematic", "ess_threshold": 1.0,
             "sizes": args.sizes, "repeats": args.repeats, "seed": args.seed,
             "dtype": {"smcscale": "float32", "blackjax": "float32", "particles": "float64"},
+            "smcscale_rawkey": "smcscale with jax.random.PRNGKey(seed) (same draws; JAX's looped Threefry hash)",
         },
         "kalman_log_z": kalman,
         "kalman_log_z_float64": kalman64,

@@ -34,7 +34,6 @@ text and diffusion samplers) reuse it instead of writing their own loop.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -43,6 +42,7 @@ import numpy as np
 
 from .fk import FeynmanKac
 from .resampling import get_resampler
+from .prng import fast_key
 from .weights import ess as _ess
 from .weights import log_normalize, reweight, safe_logsumexp
 
@@ -322,7 +322,8 @@ def _run_core(key, inputs, *, fk, config, num_steps, summary_items=(), record=()
     """The whole filter as a pure function (``run`` jits it; conditional SMC reuses it)."""
     summaries = dict(summary_items)
     has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
-    k0, k_rest = jax.random.split(key)
+    # bit-identical Threefry with the rounds unrolled (see smcscale.prng): faster model moves
+    k0, k_rest = jax.random.split(fast_key(key))
     inputs_0 = _slice(inputs, 0) if has_inputs else None
     state, info = init(k0, fk, inputs_0, config, sharding)
 
