@@ -9,7 +9,10 @@ best-of-N and majority are estimated for every budget ``k`` from one pool of
 subsets: an unbiased estimate of the best-of-``k`` accuracy, at the cost of one pool);
 every other method runs separately at every budget. Particle filter and particle Gibbs units
 also record ``<method>_vote``: the same particles answered by weighted majority vote.
-``--extra-methods`` adds methods (e.g. a filter resampling at every step, or a larger pool).
+``--extra-methods`` adds methods (e.g. a filter resampling at every step), more budgets of a
+method (``"curve": "pf"``), or more draws for the pool (an ``independent`` method with
+``"curve": "independent"``: its samples join the pool, so 32 more samples make a pool of 32
+one of 64 without redoing the first 32).
 
 Intervals: Wilson 95% for methods run per budget (binomial over problems × seeds); for
 the subsampled rules, mean ± 1.96 SE over problems of the per-problem expected accuracy.
@@ -79,13 +82,26 @@ def _curves(records, budgets, aliases=None):
     for row in E.summarize([r for r in records if r["kind"] != "independent"])["rows"]:
         name = aliases.get(row["method"], row["method"])
         curves.setdefault(name, {})[row["budget"]] = (row["accuracy"], row["ci_low"], row["ci_high"], row["n"])
-    largest: dict = {}  # one pool per (problem, seed): the largest, if several pool methods ran
+    # One pool per (problem, seed, curve). A pool method whose "curve" names another pool adds
+    # its samples to it (independent draws: its unit keys differ, its options must match);
+    # of several pools of one curve otherwise the largest is used.
+    largest: dict = {}
     for r in records:
-        if r["kind"] == "independent":
-            key = (r["problem"], r["seed"])
+        if r["kind"] == "independent" and r["method"] not in aliases:
+            key = (r["problem"], r["seed"], r["method"])
             if key not in largest or len(r["samples"]) > len(largest[key]["samples"]):
                 largest[key] = r
-    pools = list(largest.values())
+    for r in records:
+        if r["kind"] == "independent" and r["method"] in aliases:
+            key = (r["problem"], r["seed"], aliases[r["method"]])
+            if key in largest:
+                base = largest[key]
+                largest[key] = {**base, "samples": list(base["samples"]) + list(r["samples"])}
+    by_problem: dict = {}  # the largest pool of each (problem, seed)
+    for (prob, seed, _), r in largest.items():
+        if (prob, seed) not in by_problem or len(r["samples"]) > len(by_problem[(prob, seed)]["samples"]):
+            by_problem[(prob, seed)] = r
+    pools = list(by_problem.values())
     for rule in E.INDEPENDENT_RULES:
         for k in budgets:
             vals = [E.subsampled_accuracy(r["samples"], r["reference_answer"], k, rule, num_subsets=200,
@@ -147,7 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--extra-methods", type=json.loads, default=[],
                     help='JSON list of extra methods, e.g. \'[{"name": "pf_every", "kind": "pf", '
                          '"options": {"ess_threshold": 1.0, "budgets": [8]}}]\'; "curve": "pf" plots a method as more budgets of '
-                         'the pf curve; of several "independent" pools the largest per problem is used)')
+                         'the pf curve; an "independent" method with "curve": "independent" adds its samples to that pool '
+                         '(same options, new draws: 32 more samples turn a pool of 32 into 64); of several other pools the '
+                         'largest per problem is used)')
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
