@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the shared benchmark helpers
 import _machine  # noqa: E402
 METHODS = ("greedy", "independent", "beam", "dvts", "pf", "pg")
+ORACLE = "pass@k (oracle)"
 
 
 def _config(args):
@@ -113,7 +114,46 @@ def _curves(records, budgets, aliases=None):
             se = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else float("nan")
             curves.setdefault(rule, {})[k] = (float(v.mean()), float(max(0.0, v.mean() - 1.96 * se)),
                                               float(min(1.0, v.mean() + 1.96 * se)), int(v.size))
+    # the oracle: some sample among k is correct (pass@k, exact over subsets: 1 - C(n-c,k)/C(n,k))
+    for k in budgets:
+        vals = []
+        for r in pools:
+            n = len(r["samples"])
+            if n >= k:
+                c = sum(a == r["reference_answer"] for a, _ in r["samples"])
+                vals.append(1.0 - math.comb(n - c, k) / math.comb(n, k))
+        if vals:
+            v = np.asarray(vals, float)
+            se = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else float("nan")
+            curves.setdefault(ORACLE, {})[k] = (float(v.mean()), float(max(0.0, v.mean() - 1.96 * se)),
+                                                float(min(1.0, v.mean() + 1.96 * se)), int(v.size))
     return curves
+
+
+def _prm_diagnostics(records) -> dict:
+    """How well the PRM's solution scores separate right from wrong answers in the pools:
+    the AUC (probability that a correct sample outscores a wrong one, ties 1/2) over all
+    pooled samples, and within problems that have both."""
+    right, wrong, within = [], [], []
+    for r in records:
+        if r["kind"] != "independent":
+            continue
+        s_ok = [sc for a, sc in r["samples"] if a == r["reference_answer"]]
+        s_bad = [sc for a, sc in r["samples"] if a != r["reference_answer"]]
+        right += s_ok
+        wrong += s_bad
+        if s_ok and s_bad:
+            within.append(_auc(s_ok, s_bad))
+
+    return {"pooled_samples": len(right) + len(wrong), "correct_fraction": len(right) / max(1, len(right) + len(wrong)),
+            "auc_pooled": _auc(right, wrong) if right and wrong else float("nan"),
+            "auc_within_problem_mean": float(np.mean(within)) if within else float("nan"),
+            "problems_with_right_and_wrong": len(within)}
+
+
+def _auc(pos, neg) -> float:
+    pos, neg = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
 
 
 def _plot(curves, path):
@@ -129,6 +169,9 @@ def _plot(curves, path):
         err = np.array([[c[k][0] - c[k][1] for k in ks], [c[k][2] - c[k][0] for k in ks]])
         if m == "greedy":
             ax.axhline(acc[0], color="0.4", ls="--", lw=1, label="greedy")
+            continue
+        if m == ORACLE:
+            ax.plot(ks, acc, color="0.6", ls=":", marker=".", label=m)
             continue
         ax.errorbar(ks, acc, yerr=err, marker="o", capsize=3, label=m, color=f"C{i % 10}")
     ax.set_xscale("log", base=2)
@@ -184,6 +227,11 @@ def main(argv=None) -> int:
         cells = "".join(f"{(f'{c[k][0]:.3f} [{c[k][1]:.2f},{c[k][2]:.2f}]' if k in c else '-'):>18}" for k in args.budgets)
         print(f"{m:<20}{cells}")
 
+    diag = _prm_diagnostics(records)
+    print(f"\nPRM on the pools: {diag['pooled_samples']} samples, {diag['correct_fraction']:.3f} correct; "
+          f"AUC right vs wrong {diag['auc_pooled']:.3f} pooled, {diag['auc_within_problem_mean']:.3f} within a problem "
+          f"({diag['problems_with_right_and_wrong']} problems have both)")
+
     pf8 = curves.get("pf", {}).get(8, (float("nan"),))[0]
     bon = curves.get("best_of_n", {})
     bon8 = bon.get(8, (float("nan"),))[0]
@@ -200,6 +248,7 @@ def main(argv=None) -> int:
         "num_records": len(records),
         "curves": {m: {str(k): dict(zip(("accuracy", "ci_low", "ci_high", "n"), v)) for k, v in c.items()}
                    for m, c in curves.items()},
+        "prm_diagnostics": diag,
         "pf_acc@8": pf8, "bon_acc@8": bon8, "bon_budget_to_match_pf@8": k_match,
         "wall_time_s": time.time() - t0,
     }
