@@ -83,37 +83,14 @@ def _curves(records, budgets, aliases=None):
     for row in E.summarize([r for r in records if r["kind"] != "independent"])["rows"]:
         name = aliases.get(row["method"], row["method"])
         curves.setdefault(name, {})[row["budget"]] = (row["accuracy"], row["ci_low"], row["ci_high"], row["n"])
-    # One pool per (problem, seed, curve). A pool method whose "curve" names another pool adds
-    # its samples to it (independent draws: its unit keys differ, its options must match);
-    # of several pools of one curve otherwise the largest is used.
-    largest: dict = {}
-    for r in records:
-        if r["kind"] == "independent" and r["method"] not in aliases:
-            key = (r["problem"], r["seed"], r["method"])
-            if key not in largest or len(r["samples"]) > len(largest[key]["samples"]):
-                largest[key] = r
-    for r in records:
-        if r["kind"] == "independent" and r["method"] in aliases:
-            key = (r["problem"], r["seed"], aliases[r["method"]])
-            if key in largest:
-                base = largest[key]
-                largest[key] = {**base, "samples": list(base["samples"]) + list(r["samples"])}
-    by_problem: dict = {}  # the largest pool of each (problem, seed)
-    for (prob, seed, _), r in largest.items():
-        if (prob, seed) not in by_problem or len(r["samples"]) > len(by_problem[(prob, seed)]["samples"]):
-            by_problem[(prob, seed)] = r
-    pools = list(by_problem.values())
+    pools = _pools(records, aliases)
     for rule in E.INDEPENDENT_RULES:
         for k in budgets:
             vals = [E.subsampled_accuracy(r["samples"], r["reference_answer"], k, rule, num_subsets=200,
                                           seed=zlib.crc32(f"{r['problem']}|{r['seed']}".encode()) & 0xFFFF)
                     for r in pools if len(r["samples"]) >= k]
-            if not vals:
-                continue
-            v = np.asarray(vals, float)
-            se = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else float("nan")
-            curves.setdefault(rule, {})[k] = (float(v.mean()), float(max(0.0, v.mean() - 1.96 * se)),
-                                              float(min(1.0, v.mean() + 1.96 * se)), int(v.size))
+            if vals:
+                curves.setdefault(rule, {})[k] = _mean_ci(vals)
     # the oracle: some sample among k is correct (pass@k, exact over subsets: 1 - C(n-c,k)/C(n,k))
     for k in budgets:
         vals = []
@@ -123,21 +100,23 @@ def _curves(records, budgets, aliases=None):
                 c = sum(a == r["reference_answer"] for a, _ in r["samples"])
                 vals.append(1.0 - math.comb(n - c, k) / math.comb(n, k))
         if vals:
-            v = np.asarray(vals, float)
-            se = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else float("nan")
-            curves.setdefault(ORACLE, {})[k] = (float(v.mean()), float(max(0.0, v.mean() - 1.96 * se)),
-                                                float(min(1.0, v.mean() + 1.96 * se)), int(v.size))
+            curves.setdefault(ORACLE, {})[k] = _mean_ci(vals)
     return curves
 
 
-def _prm_diagnostics(records) -> dict:
+def _mean_ci(vals):
+    """(mean, lo, hi, n): mean ± 1.96 SE over problems, clipped to [0, 1]."""
+    v = np.asarray(vals, float)
+    se = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else float("nan")
+    return (float(v.mean()), float(max(0.0, v.mean() - 1.96 * se)), float(min(1.0, v.mean() + 1.96 * se)), int(v.size))
+
+
+def _prm_diagnostics(pools) -> dict:
     """How well the PRM's solution scores separate right from wrong answers in the pools:
     the AUC (probability that a correct sample outscores a wrong one, ties 1/2) over all
     pooled samples, and within problems that have both."""
     right, wrong, within = [], [], []
-    for r in records:
-        if r["kind"] != "independent":
-            continue
+    for r in pools:
         s_ok = [sc for a, sc in r["samples"] if a == r["reference_answer"]]
         s_bad = [sc for a, sc in r["samples"] if a != r["reference_answer"]]
         right += s_ok
@@ -154,6 +133,31 @@ def _prm_diagnostics(records) -> dict:
 def _auc(pos, neg) -> float:
     pos, neg = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
     return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+
+
+def _pools(records, aliases) -> list:
+    """The pool of independent samples of each (problem, seed).
+
+    One pool per (problem, seed, curve). A pool method whose "curve" names another pool adds
+    its samples to it (independent draws: its unit keys differ, its options must match);
+    of several pools of one curve otherwise the largest is used."""
+    largest: dict = {}
+    for r in records:
+        if r["kind"] == "independent" and r["method"] not in aliases:
+            key = (r["problem"], r["seed"], r["method"])
+            if key not in largest or len(r["samples"]) > len(largest[key]["samples"]):
+                largest[key] = r
+    for r in records:
+        if r["kind"] == "independent" and r["method"] in aliases:
+            key = (r["problem"], r["seed"], aliases[r["method"]])
+            if key in largest:
+                base = largest[key]
+                largest[key] = {**base, "samples": list(base["samples"]) + list(r["samples"])}
+    by_problem: dict = {}  # the largest pool of each (problem, seed)
+    for (prob, seed, _), r in largest.items():
+        if (prob, seed) not in by_problem or len(r["samples"]) > len(by_problem[(prob, seed)]["samples"]):
+            by_problem[(prob, seed)] = r
+    return list(by_problem.values())
 
 
 def _plot(curves, path):
@@ -220,14 +224,15 @@ def main(argv=None) -> int:
     store = E.ResultStore(args.out / "results.jsonl")
     units = {u["unit"] for u in E._units(cfg, E._problems(cfg))}
     records = [r for r in store.records if r["unit"] in units]
-    curves = _curves(records, args.budgets, {e["name"]: e["curve"] for e in args.extra_methods if "curve" in e})
+    aliases = {e["name"]: e["curve"] for e in args.extra_methods if "curve" in e}
+    curves = _curves(records, args.budgets, aliases)
 
     print(f"\n{'method':<20}" + "".join(f"{'N=' + str(k):>18}" for k in args.budgets))
     for m, c in curves.items():
         cells = "".join(f"{(f'{c[k][0]:.3f} [{c[k][1]:.2f},{c[k][2]:.2f}]' if k in c else '-'):>18}" for k in args.budgets)
         print(f"{m:<20}{cells}")
 
-    diag = _prm_diagnostics(records)
+    diag = _prm_diagnostics(_pools(records, aliases))
     print(f"\nPRM on the pools: {diag['pooled_samples']} samples, {diag['correct_fraction']:.3f} correct; "
           f"AUC right vs wrong {diag['auc_pooled']:.3f} pooled, {diag['auc_within_problem_mean']:.3f} within a problem "
           f"({diag['problems_with_right_and_wrong']} problems have both)")
