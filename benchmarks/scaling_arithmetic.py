@@ -167,7 +167,9 @@ def _plot(curves, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for i, (m, c) in enumerate(curves.items()):
+    palette = plt.cm.tab20.colors  # distinct colours for up to 20 curves
+    i = 0
+    for m, c in curves.items():
         ks = sorted(c)
         acc = np.array([c[k][0] for k in ks])
         err = np.array([[c[k][0] - c[k][1] for k in ks], [c[k][2] - c[k][0] for k in ks]])
@@ -177,7 +179,8 @@ def _plot(curves, path):
         if m == ORACLE:
             ax.plot(ks, acc, color="0.6", ls=":", marker=".", label=m)
             continue
-        ax.errorbar(ks, acc, yerr=err, marker="o", capsize=3, label=m, color=f"C{i % 10}")
+        ax.errorbar(ks, acc, yerr=err, marker="o", capsize=3, label=m, color=palette[(2 * i) % 20 + (2 * i) // 20 % 2])
+        i += 1
     ax.set_xscale("log", base=2)
     ax.set_xlabel("budget N (generations)")
     ax.set_ylabel("accuracy")
