@@ -70,11 +70,12 @@ def _config(args):
     )
 
 
-def _curves(records, budgets, aliases=None):
+def _curves(records, budgets, aliases=None, pools=None):
     """{method: {N: (acc, lo, hi, n)}} with subsampled curves for the independent pool.
 
     ``aliases`` maps an extra method's name to the curve it extends (the same method run at
-    more budgets); its ``_vote`` rule follows."""
+    more budgets); its ``_vote`` rule follows. ``pools``: :func:`_pools` of the records, if
+    the caller already has them."""
     from smcscale import experiment as E
 
     aliases = dict(aliases or {})
@@ -83,7 +84,8 @@ def _curves(records, budgets, aliases=None):
     for row in E.summarize([r for r in records if r["kind"] != "independent"])["rows"]:
         name = aliases.get(row["method"], row["method"])
         curves.setdefault(name, {})[row["budget"]] = (row["accuracy"], row["ci_low"], row["ci_high"], row["n"])
-    pools = _pools(records, aliases)
+    if pools is None:
+        pools = _pools(records, aliases)
     for rule in E.INDEPENDENT_RULES:
         for k in budgets:
             vals = [E.subsampled_accuracy(r["samples"], r["reference_answer"], k, rule, num_subsets=200,
@@ -179,7 +181,7 @@ def _plot(curves, path):
         if m == ORACLE:
             ax.plot(ks, acc, color="0.6", ls=":", marker=".", label=m)
             continue
-        ax.errorbar(ks, acc, yerr=err, marker="o", capsize=3, label=m, color=palette[(2 * i) % 20 + (2 * i) // 20 % 2])
+        ax.errorbar(ks, acc, yerr=err, marker="o", capsize=3, label=m, color=palette[(2 * i) % 20 + (i // 10) % 2])  # dark shades first
         i += 1
     ax.set_xscale("log", base=2)
     ax.set_xlabel("budget N (generations)")
@@ -228,14 +230,15 @@ def main(argv=None) -> int:
     units = {u["unit"] for u in E._units(cfg, E._problems(cfg))}
     records = [r for r in store.records if r["unit"] in units]
     aliases = {e["name"]: e["curve"] for e in args.extra_methods if "curve" in e}
-    curves = _curves(records, args.budgets, aliases)
+    pools = _pools(records, aliases)
+    curves = _curves(records, args.budgets, aliases, pools)
 
     print(f"\n{'method':<20}" + "".join(f"{'N=' + str(k):>18}" for k in args.budgets))
     for m, c in curves.items():
         cells = "".join(f"{(f'{c[k][0]:.3f} [{c[k][1]:.2f},{c[k][2]:.2f}]' if k in c else '-'):>18}" for k in args.budgets)
         print(f"{m:<20}{cells}")
 
-    diag = _prm_diagnostics(_pools(records, aliases))
+    diag = _prm_diagnostics(pools)
     print(f"\nPRM on the pools: {diag['pooled_samples']} samples, {diag['correct_fraction']:.3f} correct; "
           f"AUC right vs wrong {diag['auc_pooled']:.3f} pooled, {diag['auc_within_problem_mean']:.3f} within a problem "
           f"({diag['problems_with_right_and_wrong']} problems have both)")
