@@ -135,7 +135,7 @@ def test_batched_decoding_equals_single_decodes(lm):
         np.testing.assert_allclose(lps, batch_lp[i], atol=1e-4)
 
 
-@pytest.mark.parametrize("ancestors", [[2, 2, 0, 3], [0, 0, 2, 3]], ids=["gather", "stable-rows"])
+@pytest.mark.parametrize("ancestors", [[2, 2, 0, 3], [0, 0, 2, 3], [3, 1]], ids=["gather", "stable-rows", "drop-rows"])
 def test_reorder_continues_as_the_ancestor(lm, ancestors):
     ids = lm.tokenizer.encode("The weather today is")
     n, steps = 4, 5
@@ -148,18 +148,19 @@ def test_reorder_continues_as_the_ancestor(lm, ancestors):
     np.testing.assert_array_equal(np.stack(moved.cache.k), np.stack(before.cache.k)[:, a])
     np.testing.assert_array_equal(np.stack(moved.cache.v), np.stack(before.cache.v)[:, a])
     np.testing.assert_array_equal(np.asarray(moved.logits), np.asarray(before.logits)[a])
-    keys = jax.random.split(jax.random.key(9), steps * n).reshape(steps, n)
+    m = a.size  # fewer rows than before: the batch shrinks (sampler compaction)
+    keys = jax.random.split(jax.random.key(9), steps * m).reshape(steps, m)
     cont = []
     for s in range(steps):
         moved, out = lm.decode_step(moved, keys[s])
         cont.append(np.asarray(out.tokens))
     cont = np.stack(cont, 1)
-    for i in range(n):
+    for i in range(m):
         # the ancestor, left in place, continued with particle i's keys
         ref = _copy(before)
         toks = []
         for s in range(steps):
-            row_keys = keys[s].at[a[i]].set(keys[s, i])
+            row_keys = jax.random.split(jax.random.key(1), n).at[a[i]].set(keys[s, i])
             ref, out = lm.decode_step(ref, row_keys)
             toks.append(int(out.tokens[a[i]]))
         assert toks == cont[i].tolist(), f"particle {i} (ancestor {a[i]})"
@@ -270,8 +271,10 @@ def test_bad_input(lm):
         lm.decode_step(lm.prefill(ids[:5], 2, 16), jax.random.key(0), temperature=-1.0)
     with pytest.raises(ValueError, match="top_p must be in"):
         lm.decode_step(lm.prefill(ids[:5], 2, 16), jax.random.key(0), top_p=0.0)
-    with pytest.raises(ValueError, match="ancestors must have shape \\(2,\\)"):
-        lm.reorder(lm.prefill(ids[:5], 2, 16), jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match="non-empty 1-D array of row indices"):
+        lm.reorder(lm.prefill(ids[:5], 2, 16), jnp.zeros((2, 1), jnp.int32))
+    with pytest.raises(ValueError, match="ancestors must lie in \\[0, 2\\)"):
+        lm.reorder(lm.prefill(ids[:5], 2, 16), jnp.asarray([0, 2, 1], jnp.int32))
     with pytest.raises(ValueError, match="non-empty 1-D"):
         lm.prefill([], 2, 16)
 

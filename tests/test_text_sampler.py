@@ -43,6 +43,18 @@ def lm():
     return FakeLM(P, SYM)
 
 
+class CountingLM(FakeLM):
+    """The fake LM, recording the batch size of every decode step."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.batch_sizes = []
+
+    def decode_step(self, state, key, *args, **kwargs):
+        self.batch_sizes.append(int(state.logits.shape[0]))
+        return super().decode_step(state, key, *args, **kwargs)
+
+
 def prm(ctx, steps):
     """Score of a prefix at its latest step; depends on the step and on the prefix length."""
     s = steps[-1]
@@ -210,8 +222,10 @@ def test_particle_gibbs_leaves_the_posterior_invariant(lm, ancestor_sampling):
     R = 3000
     draws = np.random.default_rng(0).choice(len(paths), size=R, p=target)
     refs = [ref_of(paths[i]) for i in draws]
+    lm = CountingLM(P, SYM)
     out = particle_gibbs(lm, prm, "a", 4, 1, config=CFG, num_chains=R, init_reference=refs, key=5,
                          ancestor_sampling=ancestor_sampling, answer_fn=IDENT)
+    assert min(lm.batch_sizes) < 4 * R  # finished rows were dropped (GenerationConfig.compact_rows)
     idx = {p["text"]: i for i, p in enumerate(paths)}
     counts = np.bincount([idx[o.info["reference"].text] for o in out], minlength=len(paths))
     assert_matches(counts / R, np.sqrt(target * (1 - target) / R), target)
@@ -504,8 +518,9 @@ def test_beam_search_keeps_the_top_prefixes(lm):
         beam_search(lm, prm, "a", 6, beam_width=4, config=cfg)
 
 
-def test_dvts_subtrees_are_independent(lm):
+def test_dvts_subtrees_are_independent():
     cfg = GenerationConfig(step_tokens=1, max_steps=5, max_new_tokens=5, temperature=1.0, answer_pattern=None)
+    lm = CountingLM(P, SYM)
     res = dvts(lm, prm, "a", 16, beam_width=4, config=cfg, key=19, answer_fn=IDENT)
     subs = res.info["subtrees"]
     assert len(subs) == 4 and len(res.texts) == 16 and res.budget.generations == 16
@@ -516,7 +531,29 @@ def test_dvts_subtrees_are_independent(lm):
             assert len(kept) <= 1  # each subtree expands only its best beam
     assert len({tuple(s.texts) for s in subs}) > 1
     assert res.selected == int(np.argmax(res.scores))
-    assert res.budget.lm_forward_tokens == 1 + 16 * res.budget.decode_steps
+    # one shared batch: one prefill, then the rows really decoded (finished ones dropped at 8)
+    assert res.budget.lm_forward_tokens == 1 + sum(lm.batch_sizes) < 1 + 16 * res.budget.decode_steps
+
+
+@pytest.mark.parametrize("compact_rows", [1, 4, None])
+def test_compaction_drops_finished_rows_and_counts_exactly(compact_rows):
+    """lm_forward_tokens = prefill + the rows the LM really decoded, split over populations;
+    compaction never changes what a particle continues from (the draws are exact above)."""
+    cfg = GenerationConfig(step_tokens=1, max_steps=5, max_new_tokens=5, temperature=1.0, answer_pattern=None,
+                           compact_rows=compact_rows)
+    lm = CountingLM(P, SYM)
+    res = particle_filter(lm, prm, "a", 8, config=cfg, num_runs=5, key=21, answer_fn=IDENT, ess_threshold=0.9)
+    assert sum(r.budget.lm_forward_tokens - r.budget.prefill_tokens for r in res) == sum(lm.batch_sizes)
+    assert all(r.budget.prefill_tokens == 1 for r in res)
+    if compact_rows is None:
+        assert set(lm.batch_sizes) == {40}
+    else:
+        assert min(lm.batch_sizes) < 40 and min(lm.batch_sizes) >= compact_rows
+        assert all(b == 40 or b & (b - 1) == 0 for b in lm.batch_sizes)  # powers of two below N
+    for r in res:  # every particle ended the way the stopping rules say
+        assert all(len(t) <= 5 for t in r.token_ids) and set(r.finish_reasons) <= {"eos", "step_cap", "length", "dead"}
+    with pytest.raises(ValueError, match="compact_rows must be a positive int or None"):
+        GenerationConfig(compact_rows=0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -81,7 +81,11 @@ class LanguageModel(Protocol):
 
     def decode_step(self, state: LMState, key, temperature: float = 1.0, top_p: float = 1.0, mask=None): ...
 
-    def reorder(self, state: LMState, ancestors) -> LMState: ...
+    def reorder(self, state: LMState, ancestors) -> LMState:
+        """Row ``j`` of the new state continues row ``ancestors[j]`` (any length ``>= 1``:
+        resampling keeps ``N`` rows, :attr:`~smcscale.text.sampler.GenerationConfig.compact_rows`
+        drops some)."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,10 +290,13 @@ def _reorder_rows(state, ancestors):
     return LMState(cache, jnp.take(state.logits, ancestors, axis=0), state.position)
 
 
-@functools.partial(jax.jit, donate_argnames=("state",))
-def _reorder_gather(state, ancestors):
+def _gather(state, ancestors):
     cache = jax.tree_util.tree_map(lambda a: jnp.take(a, ancestors, axis=0), state.cache)
     return LMState(cache, jnp.take(state.logits, ancestors, axis=0), state.position)
+
+
+_reorder_gather = jax.jit(_gather, donate_argnames=("state",))
+_resize_gather = jax.jit(_gather)  # a new batch size: the old buffers cannot be reused
 
 
 class JaxLM:
@@ -324,17 +331,19 @@ class JaxLM:
         return _decode(self.model, self.params, state, key, float(temperature), float(top_p), mask)
 
     def reorder(self, state: LMState, ancestors) -> LMState:
+        """Row ``j`` of the new state continues row ``ancestors[j]``. ``M = len(ancestors)``
+        sets the new batch size: ``M = N`` resamples, ``M < N`` drops rows."""
         ancestors = jnp.asarray(ancestors, jnp.int32)
         n = state.logits.shape[0]
-        if ancestors.shape != (n,):
-            raise ValueError(f"ancestors must have shape ({n},), got {ancestors.shape}")
+        if ancestors.ndim != 1 or ancestors.shape[0] < 1:
+            raise ValueError(f"ancestors must be a non-empty 1-D array of row indices, got shape {ancestors.shape}")
         if not isinstance(ancestors, jax.core.Tracer):
             a = np.asarray(ancestors)
             if a.min() < 0 or a.max() >= n:
                 raise ValueError(f"ancestors must lie in [0, {n}), got range [{a.min()}, {a.max()}]")
-            if np.array_equal(a[a], a):  # stable: move only the rows that change
+            if a.size == n and np.array_equal(a[a], a):  # stable: move only the rows that change
                 return _reorder_rows(state, ancestors)
-        return _reorder_gather(state, ancestors)
+        return (_reorder_gather if ancestors.shape[0] == n else _resize_gather)(state, ancestors)
 
     # -- conveniences ----------------------------------------------------------------
     def generate(self, state: LMState, key, num_tokens: int, temperature: float = 1.0, top_p: float = 1.0):

@@ -133,6 +133,14 @@ class GenerationConfig:
         a new step (1 = all of them, its_hub's one step per particle per round). Any value
         keeps the twisted target (the round times are a symmetric function of the
         population); in paper mode the rounds, hence the target, change.
+      compact_rows: drop finished particles from the LM batch. Decoding is lockstep, so a
+        finished row would otherwise be computed (and wasted) until the sweep ends. Before a
+        decode step, once the unfinished particles fit in a power-of-two batch at most half
+        the current one (and of at least ``compact_rows`` rows), their KV caches are gathered
+        into that smaller batch; resampling may grow it again. Each batch size is one more
+        compiled decode shape, and small batches are memory-bound, hence the floor.
+        ``None`` keeps every row to the end. Token draws are per batch row, so compaction
+        changes the draws (not their law) from the first compaction on.
     """
 
     delimiter: Optional[str] = "\n\n"
@@ -146,6 +154,7 @@ class GenerationConfig:
     answer_pattern: Any = "boxed"
     proposal_correction: bool = False
     round_quorum: float = 1.0
+    compact_rows: Optional[int] = 8
 
     def __post_init__(self):
         if self.step_tokens is not None and (not isinstance(self.step_tokens, int) or self.step_tokens < 1):
@@ -164,6 +173,10 @@ class GenerationConfig:
             raise ValueError(f"round_quorum must be in (0, 1], got {self.round_quorum}")
         if self.max_step_tokens is not None and (not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1):
             raise ValueError(f"max_step_tokens must be a positive int, got {self.max_step_tokens!r}")
+        if self.compact_rows is not None and (
+            isinstance(self.compact_rows, bool) or not isinstance(self.compact_rows, int) or self.compact_rows < 1
+        ):
+            raise ValueError(f"compact_rows must be a positive int or None, got {self.compact_rows!r}")
         if self.delimiter_ids is not None:
             object.__setattr__(self, "delimiter_ids", tuple(int(i) for i in self.delimiter_ids))
 
@@ -177,8 +190,11 @@ class Budget:
     * ``forced_tokens``: reference tokens teacher-forced (particle Gibbs);
     * ``decode_steps``: batched decode calls while the population had unfinished particles
       (plus teacher-forced passes of ancestor sampling);
-    * ``lm_forward_tokens``: tokens the LM actually computed: ``prefill_tokens`` + ``n`` ×
-      ``decode_steps`` (finished rows are computed too: decoding is lockstep);
+    * ``lm_forward_tokens``: tokens the LM actually computed: ``prefill_tokens`` + the LM
+      batch rows that held the population's particles, summed over its decode steps. Decoding
+      is lockstep, so finished rows count until :attr:`GenerationConfig.compact_rows` drops
+      them; without compaction this is ``prefill_tokens + n * decode_steps``. Padding rows of
+      a compacted batch count for the population of the particle they repeat.
     * ``prm_calls``, ``prm_input_chars``, ``prm_input_tokens``: prefixes scored, and
       characters and tokens sent to the PRM (tokens: see :class:`.potentials.PRMAdapter`);
     * ``rounds``, ``resamples``: SMC rounds and resampling events.
@@ -568,6 +584,7 @@ class _Group:
         self.pending_ess = math.nan
         self.paper_pending = False
         self.budget = Budget(generations=n)
+        self.rows_computed = 0  # LM batch rows of this population, summed over decode steps
 
     @property
     def slots(self) -> range:
@@ -600,6 +617,11 @@ class _Sweep:
         self.particles = [_Particle() for _ in range(self.N)]
         self.row_group = np.repeat(np.arange(len(policies)), n)
         self.key_tok, self.key_res, self.key_as = jax.random.split(_as_key(key), 3)
+        # LM batch rows (see GenerationConfig.compact_rows): particle -> row (-1 once dropped)
+        # and row -> particle (padding rows repeat a live particle); identity until compaction
+        self.row = np.arange(self.N)
+        self.owner = np.arange(self.N)
+        self.compacted = False
         self.t = 0
         self.round_counter = 0
         for g in self.groups:
@@ -637,8 +659,45 @@ class _Sweep:
                 self._extra_paper_rounds(pending)
         self.wall_time = time.perf_counter() - t0
         for g in self.groups:
-            g.budget.lm_forward_tokens = g.budget.prefill_tokens + g.n * g.budget.decode_steps
+            g.budget.lm_forward_tokens = g.budget.prefill_tokens + g.rows_computed
         return self
+
+    # -- LM batch rows ------------------------------------------------------------------
+    def _batch_size(self, live: int) -> int:
+        floor = self.cfg.compact_rows
+        return min(self.N, max(floor, 1 << max(0, (live - 1).bit_length())))
+
+    def _compact(self) -> None:
+        """Drop finished rows once the unfinished particles fit in half the batch."""
+        if self.cfg.compact_rows is None:
+            return
+        live = np.flatnonzero([not p.finished for p in self.particles])
+        if live.size and self._batch_size(live.size) < self.owner.size:
+            self._set_rows(live, live)
+
+    def _set_rows(self, live: np.ndarray, sources: np.ndarray) -> None:
+        """New LM batch: row ``k`` continues particle ``sources[k]`` and now holds ``live[k]``."""
+        b = self._batch_size(live.size)
+        pad = np.full(b - live.size, live[0], np.int64)
+        src = self.row[np.concatenate([sources, np.full(pad.size, sources[0], np.int64)])]
+        if np.any(src < 0):  # pragma: no cover - unfinished particles always have a row
+            raise RuntimeError("an unfinished particle lost its LM row")
+        self.state = self.lm.reorder(self.state, jnp.asarray(src, jnp.int32))
+        self.row = np.full(self.N, -1, np.int64)
+        self.row[live] = np.arange(live.size)
+        self.owner = np.concatenate([live, pad])
+        self.compacted = True
+
+    def _count_rows(self, groups) -> None:
+        """Charge one decode step of the current batch to ``groups``."""
+        per = np.bincount(self.row_group[self.owner], minlength=len(self.groups))
+        for g in groups:
+            g.budget.decode_steps += 1
+            g.rows_computed += int(per[g.index])
+
+    def _rows(self, a):
+        """A per-particle ``[N, ...]`` array (or None) as per-row."""
+        return None if a is None else a[self.owner]
 
     def _forced_token(self, g: _Group, p: _Particle) -> int:
         ref, j = g.ref, len(p.tokens)
@@ -692,7 +751,9 @@ class _Sweep:
                 p = self.particles[g.offset + g.ref_slot]
                 if not p.finished:
                     forced[g.offset + g.ref_slot] = self._forced_token(g, p)
+        self._compact()
         mask, cm = self._masks(forced)
+        mask, cm = self._rows(mask), self._rows(cm)
         key = jax.random.fold_in(self.key_tok, self.t)
         self.state, out = self.lm.decode_step(
             self.state, key, float(self.cfg.temperature), float(self.cfg.top_p), None if mask is None else jnp.asarray(mask)
@@ -702,16 +763,17 @@ class _Sweep:
         need_terms = self.cfg.proposal_correction or self.constraint is not None
         terms = np.asarray(self._terms(out.logprobs, out.tokens, cm)[0], np.float64) if need_terms else None
         cap_rows = []
+        self._count_rows([g for g in self.groups if not g.done])
         for g in self.groups:
             if g.done:
                 continue
-            g.budget.decode_steps += 1
             for j in range(g.n):
                 i = g.offset + j
                 p = self.particles[i]
                 if p.finished:
                     continue
-                tok = int(toks[i])
+                r = int(self.row[i])
+                tok = int(toks[r])
                 if i in forced:
                     if tok != forced[i]:  # pragma: no cover - the one-token mask guarantees it
                         raise RuntimeError("teacher forcing failed")
@@ -719,7 +781,7 @@ class _Sweep:
                 else:
                     g.budget.generated_tokens += 1
                 if terms is not None:
-                    g.inc[j] += terms[i]
+                    g.inc[j] += terms[r]
                 self.rules.advance(p, tok)
                 if p.needs_eos:
                     cap_rows.append((g, j, i))
@@ -729,10 +791,10 @@ class _Sweep:
                 cm_cap = self.constraint.masks([self.particles[i].tokens for _, _, i in cap_rows], self.vocab)
                 full = np.ones((self.N, self.vocab), bool)
                 full[[i for _, _, i in cap_rows]] = cm_cap
-                cm_cap = full
+                cm_cap = self._rows(full)
             eos = self._eos_logmg(self.state.logits, cm_cap)
             for g, j, i in cap_rows:
-                g.inc[j] += eos[i]
+                g.inc[j] += eos[self.row[i]]
                 self.particles[i].needs_eos = False
 
     # -- rounds -------------------------------------------------------------------------
@@ -930,10 +992,16 @@ class _Sweep:
         st = np.asarray(stable_ancestors(jnp.asarray(glob, jnp.int32)))
         moved = st != np.arange(self.N)
         if np.any(moved):
-            if reorder_lm:
-                self.state = self.lm.reorder(self.state, jnp.asarray(st, jnp.int32))
             old = self.particles
             self.particles = [old[a].copy() if a != i else old[i] for i, a in enumerate(st)]
+            if reorder_lm and not self.compacted:
+                self.state = self.lm.reorder(self.state, jnp.asarray(st, jnp.int32))
+            elif reorder_lm:  # rows for the unfinished particles only
+                live = np.flatnonzero([not p.finished for p in self.particles])
+                if live.size:
+                    self._set_rows(live, st[live])
+                else:
+                    self.row[:] = -1
         return {gi: st[self.groups[gi].offset : self.groups[gi].offset + self.groups[gi].n] - self.groups[gi].offset for gi in local}
 
     def _beam_ancestors(self, g: _Group) -> np.ndarray:
@@ -975,29 +1043,31 @@ class _Sweep:
         state = jax.tree_util.tree_map(jnp.copy, self.state)
         for step in range(max(len(w[5]) for w in work)):
             mask = np.ones((self.N, self.vocab), bool)
-            rows = []
+            rows, charged = [], []
             for g, cand, copies, acc, valid, suffix in work:
                 if step >= len(suffix):
                     continue
                 tok = suffix[step]
                 live = [j for j in cand if valid[j] and not copies[j].finished]
                 if live:
-                    g.budget.decode_steps += 1
+                    charged.append(g)
                 for j in live:
                     mask[g.offset + j] = False
                     mask[g.offset + j, tok] = True
                     rows.append((g.offset + j, j, tok, copies, acc, valid, len(suffix)))
             if not rows:
                 break
+            self._count_rows(charged)
             cm = None
             if self.constraint is not None:
                 cm = np.ones((self.N, self.vocab), bool)
                 cm[[i for i, *_ in rows]] = self.constraint.masks([c[j].tokens for _, j, _, c, *_ in rows], self.vocab)
             key = jax.random.fold_in(self.key_as, self.t * 100003 + step)
-            state, o = self.lm.decode_step(state, key, float(self.cfg.temperature), float(self.cfg.top_p), jnp.asarray(mask))
-            logmg = np.asarray(self._terms(o.logprobs, o.tokens, cm)[1], np.float64)
+            state, o = self.lm.decode_step(state, key, float(self.cfg.temperature), float(self.cfg.top_p),
+                                           jnp.asarray(self._rows(mask)))
+            logmg = np.asarray(self._terms(o.logprobs, o.tokens, self._rows(cm))[1], np.float64)
             for i, j, tok, copies, acc, valid, length in rows:
-                acc[j] += logmg[i]
+                acc[j] += logmg[self.row[i]]
                 self.rules.advance(copies[j], tok)
                 if copies[j].finished and step != length - 1:
                     valid[j] = False  # the joined generation would have stopped earlier
@@ -1008,9 +1078,9 @@ class _Sweep:
             if self.constraint is not None:
                 cm_cap = np.ones((self.N, self.vocab), bool)
                 cm_cap[[i for i, *_ in cap]] = self.constraint.masks([c[j].tokens for _, j, c, _ in cap], self.vocab)
-            eos = self._eos_logmg(state.logits, cm_cap)
+            eos = self._eos_logmg(state.logits, self._rows(cm_cap))
             for i, j, copies, acc in cap:
-                acc[j] += eos[i]
+                acc[j] += eos[self.row[i]]
         self.round_counter += 1
         rng = _rng(jax.random.fold_in(self.key_as, self.round_counter))
         for g, cand, copies, acc, valid, _ in work:

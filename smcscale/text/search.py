@@ -124,10 +124,11 @@ def _combine(results, method, prompt_len) -> TextSMCResult:
     b = Budget()
     for r in results:
         b = b + r.budget
-    # the subtrees share one batch: one prefill, and every decode step computes all N rows
+    # the subtrees share one batch: one prefill; each decode step computes the batch rows of
+    # the subtrees still running (every subtree counts its own rows)
     b.prefill_tokens = prompt_len
     b.decode_steps = max(r.budget.decode_steps for r in results)
-    b.lm_forward_tokens = prompt_len + n * b.decode_steps
+    b.lm_forward_tokens = prompt_len + sum(r.budget.lm_forward_tokens - r.budget.prefill_tokens for r in results)
     sel, ans = select_answer(answers, scores, "argmax")
     lw = np.full(n, -np.log(n))
     return TextSMCResult(
