@@ -7,6 +7,8 @@
   results are appended to ``results.jsonl`` and a rerun resumes (see
   :mod:`smcscale.experiment`). ``--config FILE`` (JSON/TOML) runs any grid.
 * ``smcscale report DIR``: the table and plot of an output folder, without running.
+* ``smcscale merge OUT DIR...``: join the folders of a grid sharded over processes or
+  machines (:func:`smcscale.experiment.merge_experiments`).
 * ``smcscale demo``: a bootstrap particle filter on a simulated stochastic-volatility
   series: ``log Z``, an ESS summary, a plot and a JSON record.
 """
@@ -163,6 +165,14 @@ def _report(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    from smcscale import experiment as E
+
+    E.merge_experiments(args.out, args.sources)
+    print(f"table and plot: smcscale report {args.out}")
+    return 0
+
+
 def _add_run_arguments(p) -> None:
     p.add_argument("--config", help="experiment config (JSON or TOML; fields of smcscale.experiment.ExperimentConfig)")
     p.add_argument("--out", default=os.path.join("smcscale_runs", "main"), help="output folder (a rerun resumes)")
@@ -191,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir")
     report.add_argument("--no-plot", action="store_true")
     report.set_defaults(func=_report)
+    merge = sub.add_parser("merge", help="merge experiment folders (a grid sharded over processes or machines)")
+    merge.add_argument("out", help="the merged folder (created if needed; its own results are kept)")
+    merge.add_argument("sources", nargs="+", help="experiment folders to merge into OUT")
+    merge.set_defaults(func=_merge)
     demo = sub.add_parser("demo", help="particle filter on a simulated stochastic-volatility series")
     demo.add_argument("--num-particles", "-N", type=int, default=10_000)
     demo.add_argument("--steps", "-T", type=int, default=250)

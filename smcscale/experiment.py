@@ -14,6 +14,11 @@ the settings that change results (task, split, LM, PRM, generation settings, met
 options); resuming with different ones is refused (use a new output folder), while
 problems, budgets, seeds and methods may be added.
 
+**Sharding.** A grid can be split over processes or machines (each runs some methods,
+problems or seeds into its own folder) and joined with :func:`merge_experiments`
+(``smcscale merge OUT DIR...``): the folders must agree on those settings, and a unit's
+key depends only on its id, so the merge equals one run of the whole grid.
+
 **Seeds.** The key of a unit is ``fold_in(key(seed), crc32("problem|method|N"))``: the same
 config gives the same records, whatever the order or the number of restarts.
 
@@ -59,6 +64,7 @@ __all__ = [
     "ResultStore",
     "run_units",
     "run_experiment",
+    "merge_experiments",
     "summarize",
     "format_table",
     "plot_accuracy_vs_budget",
@@ -419,26 +425,110 @@ def _counts(xs: Iterable) -> dict:
     return out
 
 
-def _check_resume(cfg: ExperimentConfig, out_dir: str) -> None:
+def _fingerprint_diff(fp: dict, old_fp: dict) -> list:
+    """The result-affecting settings on which two fingerprints disagree (a method present in
+    both must have the same options; methods present in one only are fine)."""
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+    diff = sorted(k for k in set(fp) | set(old_fp) if k != "methods" and not same(fp.get(k), old_fp.get(k)))
+    old_m, new_m = old_fp.get("methods", {}), fp.get("methods", {})
+    return diff + [f"method {n!r}" for n in sorted(set(old_m) & set(new_m)) if not same(old_m[n], new_m[n])]
+
+
+def _read_config(out_dir: str) -> Optional[dict]:
     path = os.path.join(out_dir, "config.json")
-    fp = cfg.fingerprint()
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        old_fp = old.get("fingerprint", {})
-        same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
-        diff = sorted(k for k in set(fp) | set(old_fp) if k != "methods" and not same(fp.get(k), old_fp.get(k)))
-        old_m, new_m = old_fp.get("methods", {}), fp["methods"]
-        diff += [f"method {n!r}" for n in sorted(set(old_m) & set(new_m)) if not same(old_m[n], new_m[n])]
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_config(cfg: ExperimentConfig, out_dir: str) -> None:
+    path = os.path.join(out_dir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"config": cfg.as_dict(), "fingerprint": cfg.fingerprint()}, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _check_resume(cfg: ExperimentConfig, out_dir: str) -> None:
+    old = _read_config(out_dir)
+    if old is not None:
+        diff = _fingerprint_diff(cfg.fingerprint(), old.get("fingerprint", {}))
         if diff:
             raise ValueError(
                 f"{out_dir} holds results of a different experiment (differs in: {', '.join(diff)}); "
                 "use another output folder (--out) to start a new one"
             )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"config": cfg.as_dict(), "fingerprint": fp}, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    _write_config(cfg, out_dir)
+
+
+def merge_experiments(out_dir, sources: Sequence, *, echo: Callable[[str], None] = print) -> dict:
+    """Merge the experiment folders ``sources`` into ``out_dir`` (created if needed; its own
+    results are kept). For a grid sharded over processes or machines, each shard with its own
+    ``--out``.
+
+    Every folder (``out_dir`` too, if it has results) must agree on the settings that change
+    results (task, split, LM, PRM, generation settings; a method name means the same options
+    everywhere); otherwise a ``ValueError`` names the difference before anything is written.
+    A unit's key depends only on its id, so a unit present in several folders is one and the
+    same computation: the first copy is kept (``out_dir``'s own, then in ``sources`` order)
+    and later ones are counted as ``duplicates``. The merged ``config.json`` has the union of
+    the methods, budgets, seeds and problems. Merging again adds nothing.
+
+    Returns ``{"added", "duplicates", "units"}`` (``units``: records in ``out_dir`` now).
+    """
+    out_dir = os.fspath(out_dir)
+    sources = [os.fspath(s) for s in sources]
+    if not sources:
+        raise ValueError("give at least one experiment folder to merge")
+    configs = []
+    for d in sources:
+        c = _read_config(d)
+        if c is None:
+            raise ValueError(f"{d} is not an experiment folder (no config.json)")
+        configs.append((d, c))
+    own = _read_config(out_dir)
+    if own is not None:
+        configs.insert(0, (out_dir, own))
+    base_dir, base = configs[0]
+    for d, c in configs[1:]:
+        diff = _fingerprint_diff(c["fingerprint"], base["fingerprint"])
+        if diff:
+            raise ValueError(f"{d} and {base_dir} are different experiments (they differ in: {', '.join(diff)}); "
+                             "nothing was merged")
+    cfgs = [ExperimentConfig(**c["config"]) for _, c in configs]
+    methods = {}
+    for c in cfgs:
+        for m in c.methods:
+            methods.setdefault(m.name, m)
+    if all(isinstance(c.problems, int) for c in cfgs):
+        problems = max(c.problems for c in cfgs)
+    else:
+        from .tasks import arithmetic as A
+
+        order = {p.id: i for i, p in enumerate(A.load_split(cfgs[0].split))}
+        ids = {p.id for c in cfgs for p in _problems(c)}
+        problems = sorted(ids, key=order.__getitem__)
+    merged = dataclasses.replace(
+        cfgs[0], methods=tuple(methods.values()), problems=problems,
+        budgets=tuple(sorted({b for c in cfgs for b in c.budgets})), seeds=tuple(sorted({s for c in cfgs for s in c.seeds})),
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    _write_config(merged, out_dir)
+    store = ResultStore(os.path.join(out_dir, "results.jsonl"))
+    added = duplicates = 0
+    for d in sources:
+        if os.path.abspath(d) == os.path.abspath(out_dir):
+            continue
+        for rec in ResultStore(os.path.join(d, "results.jsonl")).records:  # none if it has not run
+            if rec["unit"] in store.done:
+                duplicates += 1
+            else:
+                store.append(rec)
+                added += 1
+    echo(f"smcscale: merged {len(sources)} folder(s) into {out_dir}: {added} units added, {duplicates} already "
+         f"there; {len(store.done)} units in all")
+    return {"added": added, "duplicates": duplicates, "units": len(store.done)}
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir, *, lm=None, progress: bool = True, plot: bool = True,

@@ -1,6 +1,7 @@
 """Experiment runner: JSONL store, crash/resume, config validation, summary statistics,
 and the CLI end to end on the embedded SmolLM2 (killed mid-way and resumed)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -222,3 +223,50 @@ def test_subsampled_accuracy_matches_exact_enumeration():
     assert E.subsampled_accuracy(samples, 5, 6, "weighted_best_of_n") == 1.0
     with pytest.raises(ValueError, match="k must be in"):
         E.subsampled_accuracy(samples, 5, 7)
+
+
+def _shard(path, cfg, records):
+    path.mkdir()
+    E._check_resume(cfg, str(path))
+    store = E.ResultStore(path / "results.jsonl")
+    for r in records:
+        store.append(r)
+
+
+def test_merge_joins_shards_and_refuses_different_experiments(tmp_path, capsys):
+    gen = {"max_new_tokens": 16}
+    pf = {"name": "pf", "kind": "pf", "options": {"aggregation": "prod"}}
+    ind = {"name": "ind", "kind": "independent"}
+    a = E.ExperimentConfig(problems=2, methods=[pf], budgets=(1, 4), generation=gen)
+    b = E.ExperimentConfig(problems=3, methods=[ind, pf], budgets=(8,), seeds=(1,), generation=gen)
+    ra = [_record("p0", "pf", "pf", 4, {"pf": True}, 5), _record("p1", "pf", "pf", 4, {"pf": False}, 6)]
+    rb = [_record("p2", "ind", "independent", 8, {"best_of_n": True}, 7), dict(ra[1], wall_time_s=9.0)]
+    _shard(tmp_path / "a", a, ra)
+    _shard(tmp_path / "b", b, rb)
+    out = tmp_path / "merged"
+    got = E.merge_experiments(out, [tmp_path / "a", tmp_path / "b"], echo=lambda s: None)
+    assert got == {"added": 3, "duplicates": 1, "units": 3}  # p1|pf|4 is in both: the first copy is kept
+    recs = {r["unit"]: r for r in E.ResultStore(out / "results.jsonl").records}
+    assert set(recs) == {r["unit"] for r in ra + rb} and recs[ra[1]["unit"]]["wall_time_s"] == 1.0
+    merged = E.ExperimentConfig(**json.loads((out / "config.json").read_text())["config"])
+    assert [m.name for m in merged.methods] == ["pf", "ind"] and merged.problems == 3
+    assert merged.budgets == (1, 4, 8) and merged.seeds == (0, 1) and merged.generation == gen
+    assert E.merge_experiments(out, [tmp_path / "a", tmp_path / "b"], echo=lambda s: None)["added"] == 0
+    # a shard with other generation settings, or a method of the same name with other options
+    _shard(tmp_path / "c", dataclasses.replace(a, generation={"max_new_tokens": 32}), [])
+    _shard(tmp_path / "d", dataclasses.replace(a, methods=[dict(pf, options={"aggregation": "min"})]), [])
+    before = (out / "results.jsonl").read_bytes(), (out / "config.json").read_bytes()
+    with pytest.raises(ValueError, match="differ in: generation"):
+        E.merge_experiments(out, [tmp_path / "c"])
+    with pytest.raises(ValueError, match="differ in: method 'pf'"):
+        E.merge_experiments(out, [tmp_path / "d"])
+    assert ((out / "results.jsonl").read_bytes(), (out / "config.json").read_bytes()) == before
+    with pytest.raises(ValueError, match="not an experiment folder"):
+        E.merge_experiments(out, [tmp_path / "nowhere"])
+    # the command line, then the report of the merged folder
+    from smcscale.cli import main
+
+    assert main(["merge", str(tmp_path / "m2"), str(tmp_path / "b"), str(tmp_path / "a")]) == 0
+    assert "3 units added, 1 already there; 3 units in all" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "m2"), "--no-plot"]) == 0
+    assert "best_of_n" in capsys.readouterr().out
