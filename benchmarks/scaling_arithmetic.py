@@ -14,6 +14,17 @@ method (``"curve": "pf"``), or more draws for the pool (an ``independent`` metho
 ``"curve": "independent"``: its samples join the pool, so 32 more samples make a pool of 32
 one of 64 without redoing the first 32).
 
+Particle Gibbs at budget ``N`` runs 2 sweeps of ``N / 2`` particles; a conditional sweep
+needs 2 particles, so its curve starts at ``N = 4``. Beam search and DVTS use width
+``min(4, N)``.
+
+**Sharding.** The grid is hours on two CPU cores. Several processes share the machine well
+(the small-``N`` cells are latency-bound): run cells in separate folders, e.g.
+``smcscale run --config shard.toml --out DIR`` with the same ``generation`` settings and
+the method names and options this script uses, then ``smcscale merge OUT DIR...`` and rerun
+this script on ``OUT`` (finished units are not redone; unit keys depend only on the unit id,
+so a sharded grid equals an unsharded one).
+
 Intervals: Wilson 95% for methods run per budget (binomial over problems × seeds); for
 the subsampled rules, mean ± 1.96 SE over problems of the per-problem expected accuracy.
 
