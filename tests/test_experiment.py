@@ -263,6 +263,11 @@ def test_merge_joins_shards_and_refuses_different_experiments(tmp_path, capsys):
     assert ((out / "results.jsonl").read_bytes(), (out / "config.json").read_bytes()) == before
     with pytest.raises(ValueError, match="not an experiment folder"):
         E.merge_experiments(out, [tmp_path / "nowhere"])
+    # shards given as a count and as a list of problem ids: the union, in split order
+    _shard(tmp_path / "e", dataclasses.replace(a, problems=["easy-test-0005", "easy-test-0000"]), [])
+    E.merge_experiments(tmp_path / "m3", [tmp_path / "a", tmp_path / "e"], echo=lambda s: None)
+    got = json.loads((tmp_path / "m3" / "config.json").read_text())["config"]["problems"]
+    assert got == ["easy-test-0000", "easy-test-0001", "easy-test-0005"]
     # the command line, then the report of the merged folder
     from smcscale.cli import main
 
