@@ -28,7 +28,8 @@ so a sharded grid equals an unsharded one).
 Intervals: Wilson 95% for methods run per budget (binomial over problems × seeds); for
 the subsampled rules, mean ± 1.96 SE over problems of the per-problem expected accuracy.
 
-Output: a table, ``<out>/scaling.json``, ``<out>/scaling.png``, and as the last line
+Output: a table, ``<out>/scaling.json``, ``<out>/scaling.png``, ``<out>/scaling.md`` (the
+grid and the cost of each cell as Markdown tables), and as the last line
 
     RESULT pf_acc@8=<a> bon_acc@8=<b> bon_budget_to_match_pf@8=<k>
 
@@ -115,6 +116,37 @@ def _curves(records, budgets, aliases=None, pools=None):
         if vals:
             curves.setdefault(ORACLE, {})[k] = _mean_ci(vals)
     return curves
+
+
+def _costs(records, aliases) -> dict:
+    """{(curve, N): (mean generated tokens, mean wall seconds, units)} of the methods run per
+    budget (the pool rules share the pool's cost)."""
+    acc: dict = {}
+    for r in records:
+        if r["kind"] == "independent":
+            continue
+        key = (aliases.get(r["method"], r["method"]), r["budget"])
+        acc.setdefault(key, []).append((r["budget_counters"]["generated_tokens"], r["wall_time_s"]))
+    return {k: (float(np.mean([t for t, _ in v])), float(np.mean([w for _, w in v])), len(v)) for k, v in acc.items()}
+
+
+def _markdown(curves, costs, budgets, diag, result) -> str:
+    """The grid as a Markdown table (accuracy [95% interval]; cost per problem below)."""
+    head = "| method | " + " | ".join(f"N={k}" for k in budgets) + " |\n|---|" + "---|" * len(budgets) + "\n"
+    rows = []
+    for m, c in curves.items():
+        cells = [f"{c[k][0]:.3f} [{c[k][1]:.2f}, {c[k][2]:.2f}]" if k in c else "–" for k in budgets]
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    cost_rows = []
+    for m in dict.fromkeys(name for name, _ in costs):
+        cells = [f"{costs[(m, k)][0]:.0f} tok, {costs[(m, k)][1]:.1f} s" if (m, k) in costs else "–" for k in budgets]
+        cost_rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return ("Accuracy on the held-out problems [95% interval]:\n\n" + head + "\n".join(rows)
+            + "\n\nMean cost per problem (generated tokens, wall time on the machine of `scaling.json`):\n\n"
+            + head + "\n".join(cost_rows)
+            + f"\n\nPRM on the pools: {diag['pooled_samples']} samples, {diag['correct_fraction']:.3f} correct; AUC right "
+            f"vs wrong {diag['auc_pooled']:.3f} pooled, {diag['auc_within_problem_mean']:.3f} within a problem.\n\n"
+            f"`{result}`\n")
 
 
 def _mean_ci(vals):
@@ -276,8 +308,10 @@ def main(argv=None) -> int:
     }
     with open(args.out / "scaling.json", "w") as f:
         json.dump(record, f, indent=2)
-    print(f"json: {args.out / 'scaling.json'}\nplot: {args.out / 'scaling.png'}")
-    print(f"RESULT pf_acc@8={pf8:.3f} bon_acc@8={bon8:.3f} bon_budget_to_match_pf@8={k_match}", flush=True)
+    result = f"RESULT pf_acc@8={pf8:.3f} bon_acc@8={bon8:.3f} bon_budget_to_match_pf@8={k_match}"
+    (args.out / "scaling.md").write_text(_markdown(curves, _costs(records, aliases), args.budgets, diag, result))
+    print(f"json: {args.out / 'scaling.json'}\nplot: {args.out / 'scaling.png'}\ntable: {args.out / 'scaling.md'}")
+    print(result, flush=True)
     return 0
 
 
