@@ -37,6 +37,8 @@ through ``stable_ancestors`` -- exactly what the SMC text sampler does -- and
 The denominator is the median time of one ``lm.decode_step`` call on the same state
 (``--step-calls`` calls; the position is rewound before each so the cache never overflows --
 attention always spans the whole fixed-size cache, so the step cost does not depend on it).
+The prompt's keys and values are stored once (``PrefixCache``); ``cache_mb`` and the
+reorder move only the particles' continuations.
 The plain (non-stable) gather of the raw systematic ancestors is timed for information, and
 ``generate time / new_tokens`` is reported as a second estimate of the step time. A
 sanity check verifies that the stable reorder yields the same cache as the gather would.
@@ -243,7 +245,8 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=Tru
     res = runner.generate(n, seed)  # cache filled with new_tokens generated tokens
     state = res["state"]
     pos0 = int(state.position)
-    cache_mb = 2 * sum(a.size * a.dtype.itemsize for a in state.cache.k) / 2**20
+    rows = state.cache.suffix  # the particles' own continuations (the prompt is stored once)
+    cache_mb = 2 * sum(a.size * a.dtype.itemsize for a in rows.k) / 2**20
 
     # -- one decode step (jitted, donated state); rewind the position before each call
     step_ms = []
@@ -278,14 +281,15 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=Tru
 
     # sanity: the in-place stable reorder must equal a plain gather of the cache rows
     def keys_at(st, p):  # [L, N, KV, hd]: every layer's keys at one position
-        return np.stack([np.asarray(a[..., p]) for a in st.cache.k])  # keys are [N, KV, hd, M]
+        return np.stack([np.asarray(a[..., p]) for a in st.cache.suffix.k])  # keys are [N, KV, hd, M]
 
-    k_before = keys_at(state, pos0 - 1)
+    slot = pos0 - 1 - int(state.cache.length)  # the last generated token's continuation slot
+    k_before = keys_at(state, slot)
     logits_before = np.asarray(state.logits)
     state = lm.reorder(state, stable)
     jax.block_until_ready(state)
     ok = bool(
-        np.array_equal(keys_at(state, pos0 - 1), k_before[:, stable_np])
+        np.array_equal(keys_at(state, slot), k_before[:, stable_np])
         and np.array_equal(np.asarray(state.logits), logits_before[stable_np])
     )
 
@@ -324,7 +328,7 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=Tru
     gen_step_ms = 1e3 * res["gen"].wall / runner.new_tokens
     return {
         "num_particles": n,
-        "cache_len": int(state.cache.max_len),
+        "cache_len": int(state.cache.length) + state.cache.suffix.max_len,
         "cache_position": pos0,
         "cache_mb": cache_mb,
         "ancestors_raw": raw_np.tolist(),

@@ -144,10 +144,13 @@ def test_reorder_continues_as_the_ancestor(lm, ancestors):
     before = _copy(st)
     a = np.asarray(ancestors)
     moved = lm.reorder(_copy(st), jnp.asarray(a))
-    # per-layer caches (particles first), stacked over layers: rows follow the ancestors
-    np.testing.assert_array_equal(np.stack(moved.cache.k), np.stack(before.cache.k)[:, a])
-    np.testing.assert_array_equal(np.stack(moved.cache.v), np.stack(before.cache.v)[:, a])
+    # per-layer continuation caches (particles first), stacked over layers: rows follow the
+    # ancestors; the shared prompt does not move
+    np.testing.assert_array_equal(np.stack(moved.cache.suffix.k), np.stack(before.cache.suffix.k)[:, a])
+    np.testing.assert_array_equal(np.stack(moved.cache.suffix.v), np.stack(before.cache.suffix.v)[:, a])
     np.testing.assert_array_equal(np.asarray(moved.logits), np.asarray(before.logits)[a])
+    assert moved.cache.prefix.k[0].shape[0] == 1 and moved.cache.suffix.k[0].shape[0] == a.size
+    np.testing.assert_array_equal(np.stack(moved.cache.prefix.v), np.stack(before.cache.prefix.v))
     m = a.size  # fewer rows than before: the batch shrinks (sampler compaction)
     keys = jax.random.split(jax.random.key(9), steps * m).reshape(steps, m)
     cont = []
@@ -263,8 +266,8 @@ def test_bad_input(lm):
     ids = list(range(100, 140))
     with pytest.raises(ValueError, match="the prompt has 40 tokens but the KV cache holds max_len=32"):
         lm.prefill(ids, 2, 32)
-    st = lm.prefill(ids[:5], 2, 6)
-    st, _ = lm.decode_step(st, jax.random.key(0))
+    st = lm.prefill(ids[:5], 2, 6)  # room for max_len positions, rounded up to 5 + 64
+    st = lm.generate(st, jax.random.key(0), 64)[0]
     with pytest.raises(ValueError, match="KV cache is full"):
         lm.decode_step(st, jax.random.key(1))
     with pytest.raises(ValueError, match="temperature must be >= 0"):

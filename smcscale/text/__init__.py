@@ -15,7 +15,7 @@
 """
 
 from .checkpoints import CheckpointError, load_gguf, load_hf, load_smollm2
-from .llama import KVCache, Llama, LlamaConfig, init_cache
+from .llama import KVCache, Llama, LlamaConfig, PrefixCache, init_cache
 from .lm import DecodeOutput, FakeLM, FakeTokenizer, JaxLM, LanguageModel, LMState, load_default_lm, sample_next
 from .tokenizer import ModelNotFoundError, Tokenizer, TokenizerError, locate_smollm2_gguf
 from . import learned_prm, potentials, sampler, search
@@ -28,6 +28,7 @@ __all__ = [
     "load_hf",
     "load_smollm2",
     "KVCache",
+    "PrefixCache",
     "Llama",
     "LlamaConfig",
     "init_cache",

@@ -41,6 +41,14 @@ the new keys are never concatenated to it. Positions are shared by all particles
 advances every particle one token per decode step; finished particles are masked by the
 sampler).
 
+**Shared prompt.** All particles of an SMC sweep continue one prompt. A
+:class:`PrefixCache` stores the prompt's keys and values once (batch 1) and only the
+continuations per particle; :func:`attend_shared` takes one softmax over both parts. The
+result equals attention over per-particle copies of the prompt, but the prompt is read once
+per step instead of once per particle (measured on SmolLM2, a 215-token prompt and 64
+particles: the decode step 12% faster on 2 CPU cores), and resampling copies only the
+continuations.
+
 **Memory and dtype.** Weights and cache are held in ``dtype`` (float32 by default).
 SmolLM2-135M in float32 is ~0.54 GB of weights; its cache costs
 ``2 * 30 * 3 * 64 * 4`` B = 46 KB per token per particle (16 particles x 256 tokens ≈ 190 MB).
@@ -62,7 +70,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LlamaConfig", "KVCache", "Llama", "init_cache", "unpermute_gguf_qk", "rope_tables", "LAYER_PARAMS"]
+__all__ = ["LlamaConfig", "KVCache", "PrefixCache", "Llama", "init_cache", "unpermute_gguf_qk", "rope_tables",
+           "LAYER_PARAMS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +115,31 @@ class KVCache(NamedTuple):
     @property
     def num_particles(self) -> int:
         return self.k[0].shape[0]
+
+
+class PrefixCache(NamedTuple):
+    """A prompt shared by every particle, stored once, and each particle's continuation.
+
+    Attributes:
+      prefix: :class:`KVCache` of batch 1 holding the prompt (slots ``>= length`` are
+        padding, never attended to).
+      length: ``()`` int32, the prompt's number of tokens.
+      suffix: :class:`KVCache` of batch ``N``: slot ``j`` of row ``i`` holds particle ``i``'s
+        token at position ``length + j``.
+
+    Attention splits over the two parts with one softmax (see :func:`attend_shared`), so the
+    result equals attention over a per-particle copy of the prompt, while the prompt's keys
+    and values are read once per step instead of once per particle, and resampling or
+    dropping rows copies only the continuations.
+    """
+
+    prefix: KVCache
+    length: Any
+    suffix: KVCache
+
+    @property
+    def num_particles(self) -> int:
+        return self.suffix.num_particles
 
 
 def init_cache(config: LlamaConfig, num_particles: int, max_len: int, dtype=jnp.float32) -> KVCache:
@@ -159,9 +193,11 @@ class Llama(nn.Module):
     Args (of ``__call__``):
       tokens: ``[B, S]`` int32 token ids.
       positions: ``[S]`` int32 absolute positions of these tokens (shared by the batch).
-      cache: :class:`KVCache` with batch ``B`` (or ``None`` for a cache-free forward pass,
-        then attention is causal within ``tokens``).
-      write_index: scalar int, cache slot of ``tokens[:, 0]`` (normally ``positions[0]``).
+      cache: :class:`KVCache` with batch ``B``, a :class:`PrefixCache` (a shared prompt and
+        ``B`` continuations), or ``None`` for a cache-free forward pass (then attention is
+        causal within ``tokens``).
+      write_index: scalar int, position of ``tokens[:, 0]`` (normally ``positions[0]``): its
+        cache slot (its suffix slot ``write_index - length`` in a :class:`PrefixCache`).
 
     Returns:
       ``(logits [B, S, V] float32, new_cache, hidden [B, S, D])``; ``hidden`` is the final
@@ -218,6 +254,36 @@ def attend(q, keys, values, mask):
     return jnp.einsum("bkgst,bktd->bkgsd", probs.astype(values.dtype), values)
 
 
+def attend_shared(q, prefix_keys, prefix_values, prefix_mask, keys, values, mask):
+    r"""Attention over a prefix shared by the batch and each row's own keys, one softmax:
+    ``softmax([q K_p^T, q K_i^T] + masks) [V_p; V_i]`` computed as two partial products
+    against a common max and normaliser (no per-row copy of the prefix).
+
+    Args:
+      q: ``[B, KV, G, S, hd]`` (already scaled).
+      prefix_keys: ``[1, KV, hd, P]``, prefix_values: ``[1, KV, P, hd]``, prefix_mask: ``[S, P]``
+        (every query sees at least one prefix key).
+      keys, values, mask: each row's own, as in :func:`attend`.
+    """
+    f32 = jnp.float32
+    b, kv, g, s, d = q.shape
+    p = prefix_keys.shape[-1]
+    # the prefix part as one plain batched product per kv head, [KV, B*G*S, hd] @ [KV, hd, P]
+    # (XLA's CPU backend runs the equivalent broadcasting einsum ~2x slower)
+    qt = q.transpose(1, 0, 2, 3, 4).reshape(kv, b * g * s, d)
+    sp = jnp.matmul(qt, prefix_keys[0].astype(q.dtype), preferred_element_type=f32)
+    sp = sp.reshape(kv, b, g, s, p).transpose(1, 0, 2, 3, 4)
+    ss = jnp.einsum("bkgsd,bkdt->bkgst", q, keys.astype(q.dtype), preferred_element_type=f32)
+    sp = jnp.where(prefix_mask, sp, -jnp.inf)
+    ss = jnp.where(mask, ss, -jnp.inf)
+    m = jax.lax.stop_gradient(jnp.maximum(jnp.max(sp, -1, keepdims=True), jnp.max(ss, -1, keepdims=True)))
+    ep, es = jnp.exp(sp - m), jnp.exp(ss - m)
+    z = jnp.sum(ep, -1, keepdims=True) + jnp.sum(es, -1, keepdims=True)
+    pp = (ep / z).astype(prefix_values.dtype).transpose(1, 0, 2, 3, 4).reshape(kv, b * g * s, p)
+    out = jnp.matmul(pp, prefix_values[0]).reshape(kv, b, g, s, d).transpose(1, 0, 2, 3, 4)
+    return out + jnp.einsum("bkgst,bktd->bkgsd", (es / z).astype(values.dtype), values)
+
+
 def forward(c: LlamaConfig, embed, layers, final_norm, head, tokens, positions, cache, write_index, dtype):
     """The pure forward pass behind :class:`Llama` (see its docstring); ``layers`` is the
     sequence of per-layer parameter dicts."""
@@ -233,15 +299,21 @@ def forward(c: LlamaConfig, embed, layers, final_norm, head, tokens, positions, 
         tf = t.astype(jnp.float32)
         return (tf * cos + _rotate_half(tf) * sin).astype(dtype)
 
+    shared = isinstance(cache, PrefixCache)
+    rows = cache.suffix if shared else cache  # the per-particle part of the cache
     if cache is None:
         mask = positions[None, :] <= positions[:, None]  # [S, S] causal
     else:
         # This call's tokens are written to slots write_index + s first; query s then sees
         # the slots j <= write_index + s (earlier calls' tokens and its own causal prefix).
         write_index = jnp.asarray(write_index, jnp.int32)
+        if shared:  # positions past the shared prompt live in the suffix
+            write_index = write_index - cache.length
+            prefix_mask = jnp.broadcast_to(jnp.arange(cache.prefix.max_len)[None, :] < cache.length,
+                                           (S, cache.prefix.max_len))
         zero = jnp.zeros((), jnp.int32)
         idx_k, idx_v = (zero, zero, zero, write_index), (zero, zero, write_index, zero)
-        mask = jnp.arange(cache.max_len)[None, :] <= write_index + jnp.arange(S)[:, None]  # [S, M]
+        mask = jnp.arange(rows.max_len)[None, :] <= write_index + jnp.arange(S)[:, None]  # [S, M]
     new_k, new_v = [], []
     for l, lp in enumerate(layers):
         a = _rms_norm(x, lp["attn_norm"], c.rms_norm_eps)
@@ -253,15 +325,21 @@ def forward(c: LlamaConfig, embed, layers, final_norm, head, tokens, positions, 
         k = jnp.swapaxes(rope(heads(k, KV)), 2, 3)  # [B, KV, hd, S]: keys are kept transposed
         v = heads(v, KV).astype(dtype)  # [B, KV, S, hd]
         if cache is not None:  # in place under donation: the cache is never copied
-            k = jax.lax.dynamic_update_slice(cache.k[l], k.astype(cache.k[l].dtype), idx_k)
-            v = jax.lax.dynamic_update_slice(cache.v[l], v.astype(cache.v[l].dtype), idx_v)
+            k = jax.lax.dynamic_update_slice(rows.k[l], k.astype(rows.k[l].dtype), idx_k)
+            v = jax.lax.dynamic_update_slice(rows.v[l], v.astype(rows.v[l].dtype), idx_v)
             new_k.append(k)
             new_v.append(v)
-        att = attend(q, k, v, mask).reshape(B, H, S, hd).transpose(0, 2, 1, 3).reshape(B, S, H * hd)
+        if shared:
+            att = attend_shared(q, cache.prefix.k[l], cache.prefix.v[l], prefix_mask, k, v, mask)
+        else:
+            att = attend(q, k, v, mask)
+        att = att.reshape(B, H, S, hd).transpose(0, 2, 1, 3).reshape(B, S, H * hd)
         x = x + att @ lp["wo"]
         m = _rms_norm(x, lp["mlp_norm"], c.rms_norm_eps)
         x = x + (jax.nn.silu(m @ lp["w_gate"]) * (m @ lp["w_up"])) @ lp["w_down"]
     new_cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
+    if shared:
+        new_cache = PrefixCache(cache.prefix, cache.length, new_cache)
     hidden = _rms_norm(x, final_norm, c.rms_norm_eps)
     if head is None:  # tied: contract with the embedding matrix directly (no transpose copy)
         logits = jnp.einsum("bsd,vd->bsv", hidden, embed, preferred_element_type=jnp.float32)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .llama import Llama, LlamaConfig, init_cache
+from .llama import Llama, LlamaConfig, PrefixCache, init_cache
 
 __all__ = [
     "LMState",
@@ -54,8 +54,10 @@ class LMState(NamedTuple):
     """Per-particle decoding state.
 
     Attributes:
-      cache: model-specific cache pytree (for :class:`JaxLM` a :class:`~smcscale.text.llama.KVCache`:
-        per layer, keys ``[N, kv_heads, head_dim, max_len]`` and values ``[N, kv_heads, max_len, head_dim]``).
+      cache: model-specific cache pytree (for :class:`JaxLM` a
+        :class:`~smcscale.text.llama.PrefixCache`: the prompt's keys and values once, and per
+        particle a :class:`~smcscale.text.llama.KVCache` of its continuation, per layer keys
+        ``[N, kv_heads, head_dim, slots]`` and values ``[N, kv_heads, slots, head_dim]``).
       logits: ``[N, V]`` float32 logits of the next token.
       position: ``()`` int32, number of tokens already in every particle's context.
     """
@@ -228,15 +230,26 @@ def _bucket(n, max_len):
     return min(b, max_len)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_particles", "max_len"))
-def _prefill(model, params, tokens, length, num_particles, max_len):
+def _suffix_len(prompt_len: int, max_len: int, limit: Optional[int]) -> int:
+    """Slots for the continuations: ``max_len - prompt_len`` rounded up to a multiple of 64
+    (prompts of similar length share one compiled shape), within the context length."""
+    n = -(-(max_len - prompt_len) // _SUFFIX_QUANTUM) * _SUFFIX_QUANTUM
+    return min(n, limit - prompt_len) if limit else n
+
+
+_SUFFIX_QUANTUM = 64
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_particles", "suffix_len"))
+def _prefill(model, params, tokens, length, num_particles, suffix_len):
     cfg = model.config
-    cache = init_cache(cfg, 1, max_len, model.dtype)
+    prefix = init_cache(cfg, 1, tokens.shape[1], model.dtype)
     positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
-    logits, cache, _ = model.apply(params, tokens, positions, cache, 0)
+    logits, prefix, _ = model.apply(params, tokens, positions, prefix, 0)
     last = jax.lax.dynamic_index_in_dim(logits[0], length - 1, axis=0, keepdims=False)
-    cache = jax.tree_util.tree_map(lambda a: jnp.repeat(a, num_particles, axis=0), cache)
-    return LMState(cache, jnp.broadcast_to(last, (num_particles, last.shape[-1])), jnp.asarray(length, jnp.int32))
+    length = jnp.asarray(length, jnp.int32)
+    cache = PrefixCache(prefix, length, init_cache(cfg, num_particles, suffix_len, model.dtype))
+    return LMState(cache, jnp.broadcast_to(last, (num_particles, last.shape[-1])), length)
 
 
 def _decode_impl(model, params, state, key, temperature, top_p, mask):
@@ -273,7 +286,8 @@ def _full_logits(model, params, ids):
 @functools.partial(jax.jit, donate_argnames=("state",))
 def _reorder_rows(state, ancestors):
     """In-place copy of only the rows whose ancestor changed; valid when ``a[a[i]] == a[i]``
-    (sources are never overwritten). A ``while_loop`` over the compacted list of moves."""
+    (sources are never overwritten). A ``while_loop`` over the compacted list of moves. Only
+    the continuations move: the shared prompt stays."""
     n = ancestors.shape[0]
     moved = ancestors != jnp.arange(n, dtype=jnp.int32)
     num_moves = jnp.sum(moved)
@@ -286,13 +300,13 @@ def _reorder_rows(state, ancestors):
         copy_row = lambda a: jax.lax.dynamic_update_index_in_dim(a, a[src], i, axis=0)  # noqa: E731
         return j + 1, jax.tree_util.tree_map(copy_row, cache)
 
-    _, cache = jax.lax.while_loop(lambda c: c[0] < num_moves, body, (jnp.zeros((), num_moves.dtype), state.cache))
-    return LMState(cache, jnp.take(state.logits, ancestors, axis=0), state.position)
+    _, rows = jax.lax.while_loop(lambda c: c[0] < num_moves, body, (jnp.zeros((), num_moves.dtype), state.cache.suffix))
+    return LMState(state.cache._replace(suffix=rows), jnp.take(state.logits, ancestors, axis=0), state.position)
 
 
 def _gather(state, ancestors):
-    cache = jax.tree_util.tree_map(lambda a: jnp.take(a, ancestors, axis=0), state.cache)
-    return LMState(cache, jnp.take(state.logits, ancestors, axis=0), state.position)
+    rows = jax.tree_util.tree_map(lambda a: jnp.take(a, ancestors, axis=0), state.cache.suffix)
+    return LMState(state.cache._replace(suffix=rows), jnp.take(state.logits, ancestors, axis=0), state.position)
 
 
 _reorder_gather = jax.jit(_gather, donate_argnames=("state",))
@@ -318,12 +332,16 @@ class JaxLM:
 
     # -- protocol -------------------------------------------------------------------
     def prefill(self, prompt_ids, num_particles: int, max_len: int) -> LMState:
+        """The prompt's keys and values, computed and stored once for all particles, and room
+        for each particle's continuation up to position ``max_len`` (rounded up to a multiple
+        of 64 continuation slots, within the model's context length)."""
         ids = _check_prompt(prompt_ids, max_len, self.config.max_position)
         if not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
         padded = np.zeros((1, _bucket(ids.size, max_len)), np.int32)
         padded[0, : ids.size] = ids
-        return _prefill(self.model, self.params, jnp.asarray(padded), ids.size, int(num_particles), int(max_len))
+        suffix = _suffix_len(ids.size, int(max_len), self.config.max_position)
+        return _prefill(self.model, self.params, jnp.asarray(padded), ids.size, int(num_particles), suffix)
 
     def decode_step(self, state: LMState, key, temperature: float = 1.0, top_p: float = 1.0, mask=None):
         self._check_room(state, 1)
@@ -382,7 +400,7 @@ class JaxLM:
     def _check_room(self, state, n):
         if isinstance(state.position, jax.core.Tracer):
             return
-        pos, max_len = int(state.position), state.cache.max_len
+        pos, max_len = int(state.position), int(state.cache.length) + state.cache.suffix.max_len
         if pos + n > max_len:
             raise ValueError(
                 f"the KV cache is full: position {pos} + {n} new token(s) > max_len={max_len}; "
@@ -456,6 +474,9 @@ class FakeLM:
         self.vocab_size = P.shape[0]
 
     def prefill(self, prompt_ids, num_particles: int, max_len: int) -> LMState:
+        """The prompt's keys and values, computed and stored once for all particles, and room
+        for each particle's continuation up to position ``max_len`` (rounded up to a multiple
+        of 64 continuation slots, within the model's context length)."""
         ids = _check_prompt(prompt_ids, max_len)
         buf = np.zeros((num_particles, max_len), np.int32)
         buf[:, : ids.size] = ids
