@@ -711,17 +711,19 @@ class _Sweep:
         )
 
     def _masks(self, rows_forced: dict):
-        """(decode mask or None, constraint mask or None) as numpy [N, V]."""
+        """(decode mask or None, constraint mask or None) as numpy ``[rows, V]`` for the
+        current LM batch (``rows_forced`` maps particles to their teacher-forced token)."""
         cm = None
         if self.constraint is not None:
-            ctxs = [p.tokens if not p.finished else [] for p in self.particles]
+            ctxs = [self.particles[i].tokens if not self.particles[i].finished else [] for i in self.owner]
             cm = self.constraint.masks(ctxs, self.vocab)
         if cm is None and not rows_forced:
             return None, None
-        mask = np.array(cm, copy=True) if cm is not None else np.ones((self.N, self.vocab), bool)
+        mask = np.array(cm, copy=True) if cm is not None else np.ones((self.owner.size, self.vocab), bool)
         for i, tok in rows_forced.items():
-            mask[i] = False
-            mask[i, tok] = True
+            r = self.row[i]
+            mask[r] = False
+            mask[r, tok] = True
         return mask, cm
 
     def _terms(self, logprobs, tokens, cm):
@@ -753,7 +755,6 @@ class _Sweep:
                     forced[g.offset + g.ref_slot] = self._forced_token(g, p)
         self._compact()
         mask, cm = self._masks(forced)
-        mask, cm = self._rows(mask), self._rows(cm)
         key = jax.random.fold_in(self.key_tok, self.t)
         self.state, out = self.lm.decode_step(
             self.state, key, float(self.cfg.temperature), float(self.cfg.top_p), None if mask is None else jnp.asarray(mask)
