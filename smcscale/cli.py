@@ -7,8 +7,9 @@
   results are appended to ``results.jsonl`` and a rerun resumes (see
   :mod:`smcscale.experiment`). ``--config FILE`` (JSON/TOML) runs any grid.
 * ``smcscale report DIR``: the table and plot of an output folder, without running.
-* ``smcscale merge OUT DIR...``: join the folders of a grid sharded over processes or
-  machines (:func:`smcscale.experiment.merge_experiments`).
+* ``smcscale run --shard K/N``: one of ``N`` parts of a grid (run ``N`` processes or
+  machines, each with its own ``--out``); ``smcscale merge OUT DIR...`` joins the folders
+  (:func:`smcscale.experiment.merge_experiments`).
 * ``smcscale demo``: a bootstrap particle filter on a simulated stochastic-volatility
   series: ``log Z``, an ESS summary, a plot and a JSON record.
 """
@@ -24,7 +25,6 @@ import time
 
 def _demo(args) -> int:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     import smcscale as smc
@@ -140,7 +140,13 @@ def _run(args) -> int:
     from smcscale import experiment as E
 
     cfg = _experiment_config(args)
-    E.run_experiment(cfg, args.out, progress=not args.no_progress, plot=not args.no_plot)
+    shard = None
+    if args.shard is not None:
+        parts = args.shard.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"--shard takes K/N (e.g. 2/3), got {args.shard!r}")
+        shard = tuple(int(p) for p in parts)
+    E.run_experiment(cfg, args.out, progress=not args.no_progress, plot=not args.no_plot, shard=shard)
     return 0
 
 
@@ -182,6 +188,8 @@ def _add_run_arguments(p) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="seeds")
     p.add_argument("--methods", nargs="+", help="method names of the config or kinds: greedy independent beam dvts pf pg")
     p.add_argument("--max-new-tokens", type=int, help="token cap per generation")
+    p.add_argument("--shard", metavar="K/N", help="run only the K-th of N parts of the grid, dealt by hash of the unit "
+                   "id (one process per part, each with its own --out; join them with smcscale merge)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="no PNG")
 

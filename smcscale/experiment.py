@@ -14,10 +14,15 @@ the settings that change results (task, split, LM, PRM, generation settings, met
 options); resuming with different ones is refused (use a new output folder), while
 problems, budgets, seeds and methods may be added.
 
-**Sharding.** A grid can be split over processes or machines (each runs some methods,
-problems or seeds into its own folder) and joined with :func:`merge_experiments`
-(``smcscale merge OUT DIR...``): the folders must agree on those settings, and a unit's
-key depends only on its id, so the merge equals one run of the whole grid.
+**Sharding.** A grid can be split over processes or machines and joined with
+:func:`merge_experiments` (``smcscale merge OUT DIR...``): the folders must agree on those
+settings, and a unit's key depends only on its id, so the merge equals one run of the whole
+grid. Either give each process its own config (some methods, problems or seeds), or run the
+same config ``n`` times with ``shard=(k, n)`` (``smcscale run --shard k/n``): shard ``k``
+runs the units with ``crc32(unit id) mod n = k - 1`` (:func:`shard_units`). The deal is by
+hash, not by position, so the cheap and the costly units spread evenly over the shards
+and a unit stays in its shard when the grid grows (a rerun with more problems or budgets
+resumes each shard in its own folder).
 
 **Seeds.** The key of a unit is ``fold_in(key(seed), crc32("problem|method|N"))``: the same
 config gives the same records, whatever the order or the number of restarts.
@@ -218,6 +223,24 @@ def load_config(path) -> ExperimentConfig:
 
 def unit_id(problem_id: str, method: str, budget: int, seed: int) -> str:
     return f"{problem_id}|{method}|{int(budget)}|{int(seed)}"
+
+
+def shard_units(units: Sequence[dict], shard: tuple) -> list[dict]:
+    """The units of shard ``k`` of ``n`` (``shard = (k, n)``, ``1 <= k <= n``): those whose
+    ``crc32(unit id) mod n`` is ``k - 1``. The ``n`` shards partition the grid."""
+    k, n = _check_shard(shard)
+    return [u for u in units if zlib.crc32(u["unit"].encode()) % n == k - 1]
+
+
+def _check_shard(shard) -> tuple:
+    try:
+        k, n = (int(v) for v in shard)
+        ok = all(float(v) == int(v) for v in shard)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not 1 <= k <= n:
+        raise ValueError(f"shard must be (k, n) with integers 1 <= k <= n, got {shard!r}")
+    return k, n
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,18 +555,26 @@ def merge_experiments(out_dir, sources: Sequence, *, echo: Callable[[str], None]
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir, *, lm=None, progress: bool = True, plot: bool = True,
-                   echo: Callable[[str], None] = print) -> dict:
+                   shard: Optional[tuple] = None, echo: Callable[[str], None] = print) -> dict:
     """Run (or resume) the grid of ``cfg``, writing into ``out_dir``: ``config.json``,
     ``results.jsonl`` (one line per unit, appended as it finishes), ``summary.json`` and
-    ``accuracy_vs_budget.png``. ``lm`` defaults to the embedded SmolLM2. Returns the summary."""
+    ``accuracy_vs_budget.png``. ``lm`` defaults to the embedded SmolLM2. ``shard=(k, n)``
+    runs only the ``k``-th of ``n`` parts of the grid (:func:`shard_units`; join the folders
+    with :func:`merge_experiments`). Returns the summary (of the units run here)."""
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     problems = _problems(cfg)
+    units = _units(cfg, problems)
+    total, part = len(units), ""
+    if shard is not None:
+        units = shard_units(units, shard)
+        if not units:
+            raise ValueError(f"shard {shard[0]}/{shard[1]} of this grid is empty ({total} units): use fewer shards")
+        part = f"shard {shard[0]}/{shard[1]}: {len(units)} of "
+    os.makedirs(out_dir, exist_ok=True)
     _check_resume(cfg, out_dir)
     store = ResultStore(os.path.join(out_dir, "results.jsonl"))
-    units = _units(cfg, problems)
     todo = sum(u["unit"] not in store.done for u in units)
-    echo(f"smcscale: {len(units)} units ({len(problems)} problems x {len(cfg.methods)} methods x budgets "
+    echo(f"smcscale: {part}{total} units ({len(problems)} problems x {len(cfg.methods)} methods x budgets "
          f"{list(cfg.budgets)} x seeds {list(cfg.seeds)}); {len(units) - todo} already done in {out_dir}")
     if todo:
         if lm is None:

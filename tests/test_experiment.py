@@ -275,3 +275,48 @@ def test_merge_joins_shards_and_refuses_different_experiments(tmp_path, capsys):
     assert "3 units added, 1 already there; 3 units in all" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "m2"), "--no-plot"]) == 0
     assert "best_of_n" in capsys.readouterr().out
+
+
+def test_shards_partition_the_grid_stably_and_run_and_merge_from_the_cli(tmp_path, monkeypatch, capsys):
+    pf = {"name": "pf", "kind": "pf"}
+    ind = {"name": "ind", "kind": "independent"}
+    cfg = E.ExperimentConfig(problems=12, methods=[pf, ind], budgets=(1, 2, 4), generation={"max_new_tokens": 8})
+    units = E._units(cfg, E._problems(cfg))
+    parts = [E.shard_units(units, (k, 3)) for k in (1, 2, 3)]
+    ids = [[u["unit"] for u in p] for p in parts]
+    assert sorted(sum(ids, [])) == sorted(u["unit"] for u in units)  # disjoint, and they cover the grid
+    # a hash deal: each shard has about a third of the 72 units (binomial sd 4), of every method
+    assert all(abs(len(p) - 24) <= 12 and {u["method"] for u in p} == {"pf", "ind"} for p in parts)
+    # a unit stays in its shard when the grid grows
+    more = E._units(dataclasses.replace(cfg, problems=20, budgets=(1, 2, 4, 8)), E._problems(cfg)[:12])
+    for k in (1, 2, 3):
+        assert set(ids[k - 1]) <= {u["unit"] for u in E.shard_units(more, (k, 3))}
+    for bad in [(0, 3), (4, 3), (1,), ("a", 2), (1.5, 2), None]:
+        with pytest.raises(ValueError, match="shard must be"):
+            E.shard_units(units, bad)
+    # the command line: two shards with a stand-in solver, then merged: the whole grid, once
+    import smcscale.text.lm as lm_module
+    from smcscale.cli import main
+
+    monkeypatch.setattr(lm_module, "load_default_lm", lambda: None)
+    monkeypatch.setattr(E, "_solver", lambda cfg, lm, problems: lambda u: _record(
+        u["problem"], u["method"], u["kind"], u["budget"], {"pf": u["budget"] > 1}, 10))
+    cfile = tmp_path / "grid.json"
+    cfile.write_text(json.dumps({"problems": 3, "methods": [pf], "budgets": [1, 2], "generation": {"max_new_tokens": 8}}))
+    common = ["run", "--config", str(cfile), "--no-progress", "--no-plot"]
+    assert main([*common, "--shard", "1/2", "--out", str(tmp_path / "s1")]) == 0
+    assert "shard 1/2: " in capsys.readouterr().out
+    assert main([*common, "--shard", "2/2", "--out", str(tmp_path / "s2")]) == 0
+    got = [{r["unit"] for r in E.ResultStore(tmp_path / s / "results.jsonl").records} for s in ("s1", "s2")]
+    assert not got[0] & got[1] and len(got[0] | got[1]) == 6
+    assert main(["merge", str(tmp_path / "all"), str(tmp_path / "s1"), str(tmp_path / "s2")]) == 0
+    assert "6 units in all" in capsys.readouterr().out
+    for bad in ["3/2", "1-2", "x/2", "0/2"]:
+        assert main([*common, "--shard", bad, "--out", str(tmp_path / "bad")]) == 2
+        assert "shard" in capsys.readouterr().err
+    # a grid of one unit: one of two shards is empty, which is an error, not a silent no-op
+    one = E.ExperimentConfig(problems=1, methods=[pf], budgets=(1,))
+    empty = next(k for k in (1, 2) if not E.shard_units(E._units(one, E._problems(one)), (k, 2)))
+    with pytest.raises(ValueError, match=f"shard {empty}/2 of this grid is empty"):
+        E.run_experiment(one, tmp_path / "empty", shard=(empty, 2), echo=lambda s: None)
+    assert not (tmp_path / "empty").exists()
