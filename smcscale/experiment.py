@@ -42,6 +42,11 @@ config gives the same records, whatever the order or the number of restarts.
                          (total generations ``N``; skipped when fewer than 2 per sweep)
 =======================  ==================================================================
 
+A ``pf``/``pg`` unit answers with the top-weight particle (ties, common after resampling,
+go to the best PRM score: :func:`~smcscale.text.sampler.select_answer`) and, as the rule
+``<name>_vote``, with the weighted majority vote; its record keeps every final particle's
+answer, weight and score (``particles``).
+
 **Summary.** Accuracy per (method, N) over problems × seeds with Wilson 95% intervals, mean
 generated tokens and wall time; printed as a table, saved as ``summary.json`` and plotted as
 accuracy vs budget (``accuracy_vs_budget.png``).
@@ -80,7 +85,8 @@ __all__ = [
 METHOD_KINDS = ("greedy", "independent", "beam", "dvts", "pf", "pg")
 INDEPENDENT_RULES = ("best_of_n", "weighted_best_of_n", "majority")
 #: suffix of the extra rule recorded for ``pf``/``pg`` units: weighted majority vote over the
-#: final particles (the method's own rule is the top-weight particle unless ``select="vote"``)
+#: final particles (the method's own rule is the top-weight particle, ties to the best
+#: score, unless ``select="vote"``)
 VOTE_SUFFIX = "_vote"
 
 
@@ -425,6 +431,10 @@ def _solver(cfg: ExperimentConfig, lm, problems) -> Callable[[dict], dict]:
             rec["posterior_accuracy"] = res.weighted(lambda a: a is not None and a == p.answer)
             rec["ess"] = np.asarray(res.ess, float).round(3).tolist()
             rec["num_resamples"] = int(np.sum(res.resampled))
+            # every particle's (answer, normalised weight, PRM score r): other selection rules
+            # can be computed from the record without rerunning
+            rec["particles"] = [[_plain(a), round(float(w), 9), round(float(r), 6)]
+                                for a, w, r in zip(res.answers, res.weights, res.scores)]
         return rec
 
     return solve

@@ -201,6 +201,10 @@ def test_cli_on_smollm2_killed_mid_way_resumes_without_loss_or_duplicates(tmp_pa
         assert r["budget_counters"]["generations"] == r["budget"]
         assert 0 < r["budget_counters"]["generated_tokens"] <= 40 * r["budget"]
         assert set(r["correct"]) == ({"pf", "pf" + E.VOTE_SUFFIX} if r["method"] == "pf" else set(E.INDEPENDENT_RULES))
+        if r["method"] == "pf":  # every final particle: answer, weight, score; the answer is the top weight's
+            assert len(r["particles"]) == r["budget"] and sum(w for _, w, _ in r["particles"]) == pytest.approx(1)
+            top = max(w for _, w, _ in r["particles"])
+            assert r["answers"]["pf"] in [a for a, w, _ in r["particles"] if w >= top * (1 - 1e-6)]
     assert "best_of_n" in text and "95% CI" in text
     assert (out / "accuracy_vs_budget.png").stat().st_size > 10_000
     summary = json.load(open(out / "summary.json"))

@@ -468,6 +468,31 @@ def test_answer_rules():
     assert select_answer(["x", "y"], [0.0, 0.0]) == (None, None)
     assert select_answer(["x", "y", "y"], [0.4, 0.3, 0.3], "argmax") == (0, "x")
     assert select_answer(["x", "y", "y"], [0.4, 0.3, 0.3], "vote") == (1, "y")
+    # ties of the top weight go to the top score, then the lowest index; nan scores rank last
+    w = [0.3, 0.3, 0.1, 0.3 * (1 + 1e-12)]
+    assert select_answer(list("abcd"), w, scores=[0.2, 0.9, 1.0, 0.9]) == (1, "b")
+    assert select_answer(list("abcd"), w, scores=[float("nan"), 0.1, 1.0, 0.0]) == (1, "b")
+    assert select_answer(list("abcd"), w) == (0, "a")
+    assert select_answer([None, None], [0.5, 0.5], "vote", scores=[0.1, 0.7]) == (1, None)
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select_answer(["x"], [1.0], "mode")
+
+
+def test_top_weight_ties_go_to_the_best_scored_particle_not_the_reference_slot(lm):
+    """Resampling resets weights, so at the end many particles share the top weight; the
+    selection takes the best PRM score among them. Under particle Gibbs the lowest index
+    would be the reference's slot (the previous sweep's draw), whatever its score."""
+    paths = enumerate_paths()
+    ref_path = min(paths, key=lambda p: step_scores(p["steps"])[-1])  # the worst-scored generation
+    seen = 0
+    for key in range(6):
+        res = particle_gibbs(lm, prm, "a", 8, 1, config=CFG, init_reference=ref_of(ref_path), ess_threshold=1.0,
+                             key=key, answer_fn=IDENT)
+        top = np.flatnonzero(res.weights >= res.weights.max() * (1 - 1e-9))
+        assert res.selected in top and res.scores[res.selected] == res.scores[top].max()
+        assert res.selected == top[np.argmax(res.scores[top])]
+        seen += int(len(top) > 1 and res.scores[top].max() > res.scores[top].min())
+    assert seen > 0, "no run had a tie of the top weight between different scores"
 
 
 # ---------------------------------------------------------------------------------------

@@ -328,24 +328,42 @@ def _hashable(a):
         return repr(a)
 
 
-def select_answer(answers: Sequence, weights, how: str = "argmax"):
-    """``(index, answer)``: ``"argmax"`` weight (ties: lowest index) or weighted ``"vote"``
-    (index = the first particle with the winning answer). ``(None, None)`` if all weights are 0."""
+def select_answer(answers: Sequence, weights, how: str = "argmax", scores=None):
+    """``(index, answer)``: ``"argmax"`` weight or weighted ``"vote"`` (index = the first
+    particle with the winning answer). ``(None, None)`` if all weights are 0.
+
+    Ties of the largest weight (equal up to a relative ``1e-9``) go to the largest
+    ``scores`` entry (e.g. the particles' PRM scores ``r``), then to the lowest index. Ties
+    are the rule, not the exception, for a particle filter: resampling resets the weights to
+    ``1/N``, so at the end every particle whose potential did not move since the last
+    resampling has the same weight (with a step-level PRM of a few score levels, most of
+    them), and the lowest index would be an arbitrary pick; under particle Gibbs it would
+    be the reference slot, i.e. the previous sweep's draw."""
     w = np.asarray(weights, float)
     if w.size == 0 or not np.any(w > 0):
         return None, None
+    if how not in ("argmax", "vote"):
+        raise ValueError(f"unknown selection rule {how!r}; choose 'argmax' or 'vote'")
+
+    def top():
+        cand = np.flatnonzero(w >= w.max() * (1.0 - 1e-9))
+        if scores is not None and cand.size > 1:
+            sc = np.asarray(scores, float)[cand]
+            sc = np.where(np.isnan(sc), -np.inf, sc)
+            cand = cand[sc == sc.max()]
+        return int(cand[0])
+
     if how == "argmax":
-        i = int(np.argmax(w))
+        i = top()
         return i, answers[i]
     if how == "vote":
         a = weighted_majority_vote(answers, w)
         if a is None:
-            i = int(np.argmax(w))
+            i = top()
             return i, answers[i]
         key = _hashable(a)
         i = next(j for j, b in enumerate(answers) if b is not None and _hashable(b) == key and w[j] > 0)
         return i, a
-    raise ValueError(f"unknown selection rule {how!r}; choose 'argmax' or 'vote'")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1116,7 +1134,7 @@ class _Sweep:
             lw = np.full(g.n, -math.log(g.n))
             weights = np.exp(lw)
         if g.policy.kind == "smc":
-            sel, ans = select_answer(answers, weights, select)
+            sel, ans = select_answer(answers, weights, select, scores=scores)
         else:  # search methods select by PRM score (argmax, or "vote": sum of scores per answer)
             sel, ans = select_answer(answers, scores, select)
         trajs = [
