@@ -130,18 +130,33 @@ def _costs(records, aliases) -> dict:
     return {k: (float(np.mean([t for t, _ in v])), float(np.mean([w for _, w in v])), len(v)) for k, v in acc.items()}
 
 
-def _markdown(curves, costs, budgets, diag, result) -> str:
-    """The grid as a Markdown table (accuracy [95% interval]; cost per problem below)."""
+def _index_tie_cells(records, aliases) -> set:
+    """{(curve, N)} of top-weight PF/PG cells with a record from before the tie rule of
+    ``select_answer`` (ties of the top weight to the best score; before: the lowest index).
+    Those records have no ``particles`` field. N = 1 is not affected (one particle)."""
+    out = set()
+    for r in records:
+        if r["kind"] in ("pf", "pg") and "particles" not in r and r["budget"] > 1:
+            out.add((aliases.get(r["method"], r["method"]), r["budget"]))
+    return out
+
+
+def _markdown(curves, costs, budgets, diag, result, old_ties=frozenset()) -> str:
+    """The grid as a Markdown table (accuracy [95% interval]; cost per problem below);
+    cells in ``old_ties`` are marked †."""
     head = "| method | " + " | ".join(f"N={k}" for k in budgets) + " |\n|---|" + "---|" * len(budgets) + "\n"
     rows = []
     for m, c in curves.items():
-        cells = [f"{c[k][0]:.3f} [{c[k][1]:.2f}, {c[k][2]:.2f}]" if k in c else "–" for k in budgets]
+        cells = [f"{c[k][0]:.3f} [{c[k][1]:.2f}, {c[k][2]:.2f}]{' †' if (m, k) in old_ties else ''}" if k in c else "–"
+                 for k in budgets]
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    note = ("\n\n† top-weight answer from before ties of the top weight went to the best PRM score (the lowest "
+            "index won them; under PG that is the reference slot). The vote rows are not affected." if old_ties else "")
     cost_rows = []
     for m in dict.fromkeys(name for name, _ in costs):
         cells = [f"{costs[(m, k)][0]:.0f} tok, {costs[(m, k)][1]:.1f} s" if (m, k) in costs else "–" for k in budgets]
         cost_rows.append(f"| {m} | " + " | ".join(cells) + " |")
-    return ("Accuracy on the held-out problems [95% interval]:\n\n" + head + "\n".join(rows)
+    return ("Accuracy on the held-out problems [95% interval]:\n\n" + head + "\n".join(rows) + note
             + "\n\nMean cost per problem (generated tokens, wall time on the machine of `scaling.json`):\n\n"
             + head + "\n".join(cost_rows)
             + f"\n\nPRM on the pools: {diag['pooled_samples']} samples, {diag['correct_fraction']:.3f} correct; AUC right "
@@ -275,6 +290,7 @@ def main(argv=None) -> int:
     aliases = {e["name"]: e["curve"] for e in args.extra_methods if "curve" in e}
     pools = _pools(records, aliases)
     curves = _curves(records, args.budgets, aliases, pools)
+    old_ties = _index_tie_cells(records, aliases)
 
     print(f"\n{'method':<20}" + "".join(f"{'N=' + str(k):>18}" for k in args.budgets))
     for m, c in curves.items():
@@ -304,12 +320,14 @@ def main(argv=None) -> int:
                    for m, c in curves.items()},
         "prm_diagnostics": diag,
         "pf_acc@8": pf8, "bon_acc@8": bon8, "bon_budget_to_match_pf@8": k_match,
+        "cells_with_index_tie_rule": sorted(f"{m}@{k}" for m, k in old_ties),
         "wall_time_s": time.time() - t0,
     }
     with open(args.out / "scaling.json", "w") as f:
         json.dump(record, f, indent=2)
     result = f"RESULT pf_acc@8={pf8:.3f} bon_acc@8={bon8:.3f} bon_budget_to_match_pf@8={k_match}"
-    (args.out / "scaling.md").write_text(_markdown(curves, _costs(records, aliases), args.budgets, diag, result))
+    (args.out / "scaling.md").write_text(_markdown(curves, _costs(records, aliases), args.budgets, diag, result,
+                                                        old_ties))
     print(f"json: {args.out / 'scaling.json'}\nplot: {args.out / 'scaling.png'}\ntable: {args.out / 'scaling.md'}")
     print(result, flush=True)
     return 0
