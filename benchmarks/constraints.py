@@ -11,7 +11,7 @@ default 10, per task), sent through the chat template:
 
 * **lipogram** -- "one or two sentences about <topic> without the letter 'e'";
   :class:`~smcscale.tasks.constraints.Lipogram`. Token mask: the static mask of
-  :func:`smcscale.text.potentials.lipogram_constraint` (no token whose text contains e/E/é/...).
+  :func:`smcscale.tasks.constraints.lipogram_constraint` (no token whose text contains e/E/é/...).
 * **wordcount** -- "a single sentence about <topic> with exactly k words" (k = 5..20);
   :class:`~smcscale.tasks.constraints.WordCount`. Token mask (a ``mask_fn``, exact, not a
   0/1 PRM): given the decoded text so far, a token is allowed iff appending it keeps
@@ -51,7 +51,7 @@ sampler's truncation weight). Computed by full-sequence forward passes
 (the computation of ``JaxLM.logits``, jitted once, batched over ``--score-batch`` sequences,
 each prompt + x right-padded to a fixed length so that it compiles once; causal, so padding
 does not change the logits used), a float32 log-softmax and float64 sums:
-:func:`continuation_logprobs` (agrees with the token log-probs of ``JaxLM.generate``).
+:func:`smcscale.text.lm.continuation_logprobs` (agrees with the token log-probs of ``JaxLM.generate``).
 Shorter texts naturally have higher log p.
 
 Reported per task and method: success rate over prompts of the returned string with a 95%
@@ -95,6 +95,10 @@ from pathlib import Path
 
 import numpy as np
 
+from smcscale.stats import wilson_interval
+from smcscale.tasks.constraints import WordCountMask, lipogram_constraint
+from smcscale.text.lm import continuation_logprobs, make_logprob_kernel
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the shared benchmark helpers
 import _machine  # noqa: E402
@@ -103,73 +107,8 @@ METHODS = ("smc", "lcd", "lcd_rerank", "bon")
 
 
 # ---------------------------------------------------------------------------------------
-# reusable pieces (tested in tests/test_constraints_benchmark.py)
-
-
-def _logsumexp(x, axis=-1):
-    x = np.asarray(x, np.float64)
-    m = np.max(x, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
-
-
-def make_logprob_kernel(logits_fn, eos_ids=()):
-    """A jitted ``(params, ids [B, L]) -> (token_lp [B, L], eos_lp [B, L])`` from
-    ``logits_fn(params, ids) -> [B, L, V]`` (row ``j`` = logits of the token after
-    ``ids[:, : j + 1]``, traceable by JAX; ``params`` is passed as an argument, not closed over,
-    so that XLA does not constant-fold the weights):
-    ``token_lp[b, j] = log p(ids[b, j + 1] | ids[b, : j + 1])`` (last column meaningless) and
-    ``eos_lp[b, j] = log sum_{e in eos_ids} p(e | ids[b, : j + 1])`` (0 without ``eos_ids``),
-    both at temperature 1 (float32 log-softmax)."""
-    import jax
-    import jax.numpy as jnp
-
-    eos = jnp.asarray(sorted(int(e) for e in eos_ids), jnp.int32)
-
-    @jax.jit
-    def kernel(params, ids):
-        lp = jax.nn.log_softmax(jnp.asarray(logits_fn(params, ids), jnp.float32), axis=-1)
-        nxt = jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
-        tok = jnp.take_along_axis(lp, nxt[..., None], axis=-1)[..., 0]
-        eos_lp = jax.nn.logsumexp(lp[..., eos], axis=-1) if eos.size else jnp.zeros(ids.shape, jnp.float32)
-        return tok, eos_lp
-
-    return kernel
-
-
-def continuation_logprobs(kernel, params, prompt_ids, continuations, length, pad_id=0, batch=8, with_eos=True):
-    """``log p(c | prompt)`` for every continuation ``c`` (token ids, EOS excluded), plus, with
-    ``with_eos``, the log-probability of stopping right after it (the kernel's ``eos_ids``):
-    the continuation's log-probability as a complete string.
-
-    ``kernel`` comes from :func:`make_logprob_kernel`. Every sequence ``prompt + c`` is
-    right-padded with ``pad_id`` to ``length`` and the batch to a multiple of ``batch`` rows,
-    so that the kernel compiles once (a causal LM's logits at earlier positions do not depend
-    on the padding). Sums are taken in float64 on the host.
-    """
-    prompt = [int(i) for i in prompt_ids]
-    if not prompt:
-        raise ValueError("continuation_logprobs needs a non-empty prompt")
-    conts = [[int(t) for t in c] for c in continuations]
-    p = len(prompt)
-    rows = []
-    for c in conts:
-        seq = prompt + c
-        if len(seq) > length:
-            raise ValueError(f"length={length} is shorter than a sequence ({len(seq)} tokens)")
-        rows.append(seq + [int(pad_id)] * (length - len(seq)))
-    out = []
-    for lo in range(0, len(rows), batch):
-        chunk = rows[lo : lo + batch]
-        chunk = chunk + [chunk[-1]] * (batch - len(chunk))
-        tok, eos = kernel(params, np.asarray(chunk, np.int32))
-        tok, eos = np.asarray(tok, np.float64), np.asarray(eos, np.float64)
-        for b, c in enumerate(conts[lo : lo + batch]):
-            s = p + len(c)
-            total = float(np.sum(tok[b, p - 1 : s - 1]))
-            out.append(total + float(eos[b, s - 1]) if with_eos else total)
-    return out
+# reusable pieces (tested in tests/test_constraints_benchmark.py; the word-count mask,
+# the log-probability scorer and the Wilson interval live in the library)
 
 
 def token_strings(tokenizer, vocab_size):
@@ -189,51 +128,6 @@ def token_strings(tokenizer, vocab_size):
             except TypeError:  # a tokenizer without the keyword
                 pass
     return strings, control
-
-
-class WordCountMask:
-    """Exact next-token masks for "exactly ``k`` words" (:func:`~smcscale.tasks.constraints.count_words`).
-
-    For a prefix text with ``c`` words, token ``v`` (text ``s``) is allowed iff
-    ``count_words(text + s) <= k``; EOS iff ``c == k``. Per token: ``w(s) = count_words(s)``
-    and whether the first chunk of ``s`` contains a letter or digit and glues onto the last
-    chunk of the text (``s`` starts with a non-space and the text ends with one). If that last
-    chunk already is a word, the glued chunk is not a new word: the increment is
-    ``w(s) - 1``; otherwise it is ``w(s)``. (Exact when decoding is concatenative, i.e.
-    except for tokens that split one UTF-8 character.)
-    """
-
-    def __init__(self, strings, forbidden=None, eos_ids=()):
-        from smcscale.tasks.constraints import count_words
-
-        self.count_words = count_words
-        v = len(strings)
-        self.fullw = np.array([count_words(s) for s in strings], np.int64)
-        self.glue_word = np.array(
-            [bool(s) and not s[0].isspace() and any(ch.isalnum() for ch in s.split()[0]) for s in strings], bool
-        )
-        self.ok = np.ones(v, bool) if forbidden is None else ~np.asarray(forbidden, bool)
-        self.eos = sorted(int(e) for e in eos_ids)
-        self.ok[self.eos] = False
-
-    def mask(self, text: str, k: int) -> np.ndarray:
-        c = self.count_words(text)
-        open_word = bool(text) and not text[-1].isspace() and any(ch.isalnum() for ch in text.split()[-1])
-        inc = self.fullw - self.glue_word if open_word else self.fullw
-        allowed = (c + inc <= k) & self.ok
-        allowed[self.eos] = c == k
-        return allowed
-
-
-def wilson(k: float, n: int, z: float = 1.959964):
-    """Wilson score interval for ``k`` successes in ``n`` trials (95%)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,7 +241,7 @@ def summarize(records):
         for m in METHODS:
             rows = [r["methods"][m] for r in recs]
             k = sum(bool(x["success"]) for x in rows)
-            lo, hi = wilson(k, len(rows))
+            lo, hi = wilson_interval(k, len(rows))
             sw = [x["success_weighted"] for x in rows if x["success_weighted"] is not None]
             lp, n_lp = _nanmean([x["logp"] for x in rows])
             lpw, n_lpw = _nanmean([x["logp_weighted"] for x in rows])
@@ -428,7 +322,7 @@ def main(argv=None) -> int:
 
     from smcscale.tasks.constraints import default_tasks
     from smcscale.text import load_default_lm
-    from smcscale.text.potentials import TokenConstraint, lipogram_constraint
+    from smcscale.text.potentials import TokenConstraint
     from smcscale.text.sampler import GenerationConfig
 
     t0 = time.perf_counter()

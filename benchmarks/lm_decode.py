@@ -306,16 +306,12 @@ def measure_reorder(lm, runner, n, seed, step_calls, reorder_calls, compiled=Tru
 
     stable_ms = time_reorder(stable, reorder_calls)
     if raw_is_stable:  # would take the in-place path: force the plain gather
-        from smcscale.text import lm as _lm_mod
-
-        gather = getattr(_lm_mod, "_reorder_gather")
-
         def _plain(anc, calls):
             nonlocal state
             ts = []
             for i in range(calls + 1):
                 t0 = time.perf_counter()
-                state = gather(state, jnp.asarray(anc, jnp.int32))
+                state = lm.reorder_by_gather(state, jnp.asarray(anc, jnp.int32))
                 jax.block_until_ready(state)
                 if i:
                     ts.append(1e3 * (time.perf_counter() - t0))

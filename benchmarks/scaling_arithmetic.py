@@ -2,7 +2,7 @@
 majority, beam search, DVTS, particle filtering and particle Gibbs, with the embedded
 SmolLM2-135M-Instruct and the programmatic PRM.
 
-Runs through the experiment runner (:mod:`smcscale.experiment`), so results go to
+Runs through the experiment runner (:mod:`smcscale.workflow.experiment`), so results go to
 ``<out>/results.jsonl`` as each unit finishes and a rerun resumes. Best-of-N, weighted
 best-of-N and majority are estimated for every budget ``k`` from one pool of
 ``max(budgets)`` independent samples per problem (averaging over random size-``k``
@@ -58,7 +58,7 @@ ORACLE = "pass@k (oracle)"
 
 
 def _config(args):
-    from smcscale import experiment as E
+    from smcscale.workflow import experiment as E
 
     pool = args.pool or max(args.budgets)
     specs = []
@@ -88,7 +88,7 @@ def _curves(records, budgets, aliases=None, pools=None):
     ``aliases`` maps an extra method's name to the curve it extends (the same method run at
     more budgets); its ``_vote`` rule follows. ``pools``: :func:`_pools` of the records, if
     the caller already has them."""
-    from smcscale import experiment as E
+    from smcscale.workflow import experiment as E
 
     aliases = dict(aliases or {})
     aliases.update({k + E.VOTE_SUFFIX: v + E.VOTE_SUFFIX for k, v in list(aliases.items())})
@@ -182,17 +182,19 @@ def _prm_diagnostics(pools) -> dict:
         right += s_ok
         wrong += s_bad
         if s_ok and s_bad:
-            within.append(_auc(s_ok, s_bad))
+            within.append(_auc_right_vs_wrong(s_ok, s_bad))
 
     return {"pooled_samples": len(right) + len(wrong), "correct_fraction": len(right) / max(1, len(right) + len(wrong)),
-            "auc_pooled": _auc(right, wrong) if right and wrong else float("nan"),
+            "auc_pooled": _auc_right_vs_wrong(right, wrong) if right and wrong else float("nan"),
             "auc_within_problem_mean": float(np.mean(within)) if within else float("nan"),
             "problems_with_right_and_wrong": len(within)}
 
 
-def _auc(pos, neg) -> float:
-    pos, neg = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
-    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+def _auc_right_vs_wrong(right, wrong) -> float:
+    """:func:`smcscale.stats.binary_auc` of the scores of right (positive) vs wrong answers."""
+    from smcscale.stats import binary_auc
+
+    return binary_auc(list(right) + list(wrong), [1] * len(right) + [0] * len(wrong))
 
 
 def _pools(records, aliases) -> list:
@@ -279,13 +281,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    from smcscale import experiment as E
+    from smcscale.workflow import experiment as E
 
     cfg = _config(args)
     t0 = time.time()
     E.run_experiment(cfg, args.out, progress=not args.no_progress, plot=False, echo=lambda s: print(s, flush=True))
     store = E.ResultStore(args.out / "results.jsonl")
-    units = {u["unit"] for u in E._units(cfg, E._problems(cfg))}
+    units = {u["unit"] for u in E.grid_units(cfg)}
     records = [r for r in store.records if r["unit"] in units]
     aliases = {e["name"]: e["curve"] for e in args.extra_methods if "curve" in e}
     pools = _pools(records, aliases)

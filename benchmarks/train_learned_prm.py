@@ -54,15 +54,14 @@ def _easy(problems):
 
 
 def _corrupted_texts(problem, copies, rng):
-    from smcscale.tasks.arithmetic import reference_solution
-    from smcscale.text.learned_prm import corrupt_arithmetic_step
+    from smcscale.tasks.arithmetic import corrupt_step, reference_solution
 
     ref = reference_solution(problem)
     parts = ref.split("\n\n")
     steps = [s + "\n\n" for s in parts[:-1]] + [parts[-1]]
     out, seen = [], set()
     for _ in range(copies):
-        res = corrupt_arithmetic_step(steps, rng)
+        res = corrupt_step(steps, rng)
         if res is None:
             break
         new, j = res
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from smcscale.tasks.arithmetic import load_split, reference_solution
+    from smcscale.tasks.arithmetic import corrupt_step, format_prompt, is_correct, load_split, reference_solution, score_steps
     from smcscale.text.learned_prm import (
         LearnedPRM,
         PRMDataset,
@@ -154,14 +153,14 @@ def main(argv=None) -> int:
             lm, train, key=args.seed, num_solutions=args.num_solutions, num_rollouts=args.num_rollouts,
             max_step_tokens=64, max_solution_tokens=args.max_solution_tokens, max_rollout_tokens=args.max_rollout_tokens,
             max_steps=args.max_steps, temperature=args.temperature, reference_fn=lambda p: [reference_solution(p)],
-            progress=True,
+            prompt_fn=format_prompt, is_correct=is_correct, progress=True,
         )
         timings["collect_s"] = time.time() - t
         base.save(ds_path)
         with open(meta_path, "w") as f:
             json.dump(dict(collect_cfg, collect_s=timings["collect_s"], load_average=list(os.getloadavg())), f)
         print(f"collected in {timings['collect_s']:.0f} s -> {ds_path}", flush=True)
-    ds = add_corrupted_references(base, copies=args.corrupt_copies, seed=args.seed)
+    ds = add_corrupted_references(base, corrupt_fn=corrupt_step, copies=args.corrupt_copies, seed=args.seed)
     summary = ds.summary()
     print("dataset:", json.dumps(summary), flush=True)
 
@@ -205,7 +204,7 @@ def main(argv=None) -> int:
     else:
         samples = sample_solutions(lm, dev, key=jax.random.key(args.seed + 1), num_solutions=args.dev_samples,
                                    max_solution_tokens=args.max_solution_tokens, temperature=args.temperature,
-                                   progress=True) if args.dev_samples else [[] for _ in dev]
+                                   prompt_fn=format_prompt, progress=True) if args.dev_samples else [[] for _ in dev]
         with open(dev_path, "w") as f:
             json.dump(dict(samples=samples, sampling_s=time.time() - t), f)
     timings["dev_sampling_s"] = time.time() - t
@@ -217,10 +216,12 @@ def main(argv=None) -> int:
         corr.append(bad)
     t = time.time()
     batched = _MemoPRM(prm)
+    task = dict(score_steps=score_steps, is_correct=is_correct)  # the arithmetic task's programmatic PRM and grader
     evals = {
-        "all": evaluate_against_programmatic(batched, dev, [s + r + c for s, r, c in zip(samples, refs, corr)]),
-        "lm_samples": evaluate_against_programmatic(batched, dev, samples) if args.dev_samples else None,
-        "reference_and_corrupted": evaluate_against_programmatic(batched, dev, [r + c for r, c in zip(refs, corr)]),
+        "all": evaluate_against_programmatic(batched, dev, [s + r + c for s, r, c in zip(samples, refs, corr)], **task),
+        "lm_samples": evaluate_against_programmatic(batched, dev, samples, **task) if args.dev_samples else None,
+        "reference_and_corrupted": evaluate_against_programmatic(batched, dev, [r + c for r, c in zip(refs, corr)],
+                                                                 **task),
     }
     timings["eval_s"] = time.time() - t
     timings["total_s"] = time.time() - t0

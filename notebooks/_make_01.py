@@ -91,8 +91,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import smcscale as smc
-from smcscale import plots
 from smcscale.models import lgssm
+from smcscale.workflow import plots
 
 print("jax", jax.__version__, "on", jax.devices(), "| smcscale", smc.__version__)
 """

@@ -109,9 +109,10 @@ import numpyro.distributions as dist
 import optax
 
 import smcscale as smc
-from smcscale import learning, plots, smoothing
+from smcscale import learning, smoothing
 from smcscale.csmc import csmc, particle_gibbs, sample_trajectory
 from smcscale.models import lgssm
+from smcscale.workflow import plots
 
 print("jax", jax.__version__, "on", jax.devices(), "| smcscale", smc.__version__)
 """
@@ -308,23 +309,10 @@ What this does to the chains: traces and autocorrelations of $x_0$ and $x_{T/2}$
 
 code(
     r"""
-def acf(x, max_lag):
-    # Autocorrelations of a 1-d chain at lags 0..max_lag; a constant chain counts as 1.
-    x = x - x.mean()
-    v = x.var()
-    if v == 0:
-        return np.ones(max_lag + 1)
-    return np.array([1.0] + [np.mean(x[l:] * x[:-l]) / v for l in range(1, max_lag + 1)])
-
-
-def iat(x, max_lag=500):
-    # Integrated autocorrelation time 1 + 2 sum_l rho_l, summed up to the first negative rho_l.
-    r = acf(x, min(max_lag, len(x) // 4))
-    if np.all(r == 1.0):
-        return np.inf
-    neg = np.flatnonzero(r < 0)
-    stop = neg[0] if len(neg) else len(r)
-    return 1.0 + 2.0 * r[1:stop].sum()
+# autocorrelations at lags 0..max_lag (a constant chain counts as 1), and the integrated
+# autocorrelation time 1 + 2 sum_l rho_l, summed up to the first negative rho_l
+from smcscale.stats import autocorrelation as acf
+from smcscale.stats import integrated_autocorrelation_time as iat
 
 
 MAX_LAG = 50
@@ -378,11 +366,7 @@ smoother, with the MCMC standard error of each mean by batch means.
 
 code(
     r"""
-def batch_means_se(chain, num_batches=40):
-    # MCMC standard error of the mean of each column, by batch means.
-    n = (chain.shape[0] // num_batches) * num_batches
-    b = chain[:n].reshape(num_batches, -1, *chain.shape[1:]).mean(1)
-    return b.std(0, ddof=1) / np.sqrt(num_batches)
+from smcscale.stats import batch_means_se  # MCMC standard error of each column's mean (40 batch means)
 
 
 c = chains[PGAS]

@@ -100,12 +100,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import smcscale as smc
-from smcscale import plots
 from smcscale.tasks import arithmetic as A
-from smcscale.tasks.constraints import default_tasks
+from smcscale.tasks.constraints import default_tasks, lipogram_constraint
 from smcscale.text import GenerationConfig, load_default_lm, particle_filter, search
-from smcscale.text.potentials import ProgrammaticPRM, lipogram_constraint
 from smcscale.text.sampler import encode_prompt
+from smcscale.workflow import plots
 
 t0 = time.perf_counter()
 lm = load_default_lm()
@@ -178,7 +177,7 @@ def config_for(i):
     return dataclasses.replace(GEN, max_new_tokens=CACHE_LEN - prompt_len[i])
 
 
-prm = ProgrammaticPRM()      # checks every "a op b = c" exactly; never looks at the answer
+prm = A.ProgrammaticPRM()    # checks every "a op b = c" exactly; never looks at the answer
 common = dict(answer_fn=A.extract_answer, prm_context=problem.question)
 
 t0 = time.perf_counter()
@@ -375,7 +374,7 @@ $\propto r_T$ times the stop factor of a generation cut by the budget.
 (the identity when the round did not resample), and `res.info["history"][t]` the prefixes,
 scores and weights at round `t`, before resampling. Tracing the final slots back gives the
 **surviving lineages**: every generation that is still alive at the end descends from one
-of them. `smcscale.plots.plot_genealogy` draws the tree (grey: every parent-to-child link;
+of them. `smcscale.workflow.plots.plot_genealogy` draws the tree (grey: every parent-to-child link;
 blue: the lineages of the final particles); we add the weights at every round (dot size)
 and the ESS. Left: the twisted run of problem 0 from section 3 (resampling when ESS < N/2);
 right, at full size: the paper mode on the same problem (resampling every round).

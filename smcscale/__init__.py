@@ -4,16 +4,22 @@ The engine (this package's top level) runs Feynman–Kac models with jitted, ESS
 particle filters. See README.md for a tour.
 """
 
-from . import csmc, kalman, learning, models, ppg, resampling, smoothing, tempering, weights
+from . import checks, csmc, kalman, learning, models, ppg, resampling, smoothing, static, tempering, weights
 from .fk import FeynmanKac
 from .resampling import RESAMPLERS, get_resampler
 from .smc import (
+    FilterScan,
     ParticleCollapseError,
     SMCConfig,
     SMCResult,
     SMCState,
+    StepHook,
+    StepInfo,
+    Transition,
+    filter_scan,
     init,
     run,
+    run_filter,
     smc_step,
     trace_genealogy,
     weighted_mean,
@@ -30,6 +36,12 @@ __all__ = [
     "guided",
     "auxiliary",
     "run",
+    "run_filter",
+    "filter_scan",
+    "StepHook",
+    "StepInfo",
+    "Transition",
+    "FilterScan",
     "init",
     "smc_step",
     "SMCConfig",
@@ -44,6 +56,8 @@ __all__ = [
     "log_mean_exp",
     "log_normalize",
     "normalized_weights",
+    "checks",
+    "static",
     "csmc",
     "kalman",
     "learning",

@@ -39,11 +39,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .checks import as_key, num_steps_of, positive_int
 from .fk import FeynmanKac
 from .resampling import multinomial
-from .smc import SMCConfig, SMCResult, _num_steps, _run_core, trace_genealogy
+from .smc import SMCConfig, SMCResult, StepHook, run_filter, trace_genealogy
+from .static import cached_builder
 
-__all__ = ["conditional_fk", "csmc", "sample_trajectory", "particle_gibbs", "PGResult", "CONDITIONAL_SCHEMES"]
+__all__ = [
+    "conditional_fk",
+    "conditional_multinomial",
+    "ancestor_sampler",
+    "check_reference",
+    "csmc",
+    "csmc_filter",
+    "sample_trajectory",
+    "particle_gibbs",
+    "PGResult",
+    "reference_moved",
+    "CONDITIONAL_SCHEMES",
+]
 
 CONDITIONAL_SCHEMES = ("multinomial",)
 
@@ -56,6 +70,7 @@ def _expand0(tree):
     return jax.tree_util.tree_map(lambda r: jnp.asarray(r)[None], tree)
 
 
+@cached_builder
 def conditional_fk(fk: FeynmanKac) -> FeynmanKac:
     """The FK model whose inputs are ``(inputs_t, x*_t)`` and whose slot 0 is pinned to ``x*_t``."""
     if fk.log_lookahead is not None:
@@ -81,11 +96,16 @@ def conditional_fk(fk: FeynmanKac) -> FeynmanKac:
     return FeynmanKac(sample_initial, sample_transition, log_potential, tld)
 
 
-def _conditional_multinomial(key, log_weights, num_samples):
+def conditional_multinomial(key, log_weights, num_samples):
+    """Multinomial resampling that keeps the reference: ``A_0 = 0``, ``A_i ~ W`` for ``i > 0``."""
     return multinomial(key, log_weights, num_samples).at[0].set(0)
 
 
-def _make_ancestor_sampler(fk: FeynmanKac):
+@cached_builder
+def ancestor_sampler(fk: FeynmanKac):
+    r"""The ancestor-sampling step of PGAS (Lindsten, Jordan & Schön 2014), as an
+    ``ancestor_fn`` for :func:`smcscale.smc.smc_step`: the reference's ancestor is redrawn,
+    ``A_0 ~ W_{t-1}^j m_t(x^*_t | x_{t-1}^j)``."""
     if fk.transition_log_density is None:
         raise ValueError("ancestor sampling needs fk.transition_log_density (log m_t(x_t | x_{t-1}))")
 
@@ -152,21 +172,30 @@ def _check_scheme(resampling):
         )
 
 
-def _csmc_core(key, fk, inputs, reference, num_particles, num_steps, ess_threshold, ancestor_sampling, summary_items=()):
-    cfk = conditional_fk(fk)
-    config = SMCConfig(num_particles, ess_threshold, "multinomial")
-    anc_fn = _make_ancestor_sampler(fk) if ancestor_sampling else None
-    return _run_core(
+def csmc_filter(key, fk, inputs, reference, config: SMCConfig, *, num_steps: int, ancestor_sampling: bool = False,
+                hook: Optional[StepHook] = None, summaries=()) -> SMCResult:
+    """One conditional SMC sweep as a pure function (the body of :func:`csmc`, :func:`particle_gibbs`
+    and :mod:`smcscale.ppg`): :func:`smcscale.smc.run_filter` on :func:`conditional_fk` with the
+    inputs ``(inputs, reference)``, :func:`conditional_multinomial` and, with
+    ``ancestor_sampling``, :func:`ancestor_sampler`. Records ancestors, particles and
+    log-weights. A ``hook`` sees the inputs as pairs ``(inputs_t, x*_t)``."""
+    return run_filter(
         key,
+        conditional_fk(fk),
         (inputs, reference),
-        fk=cfk,
-        config=config,
+        config,
         num_steps=num_steps,
-        summary_items=summary_items,
+        summaries=summaries,
         record=("ancestors", "log_weights", "particles"),
-        resample_fn=_conditional_multinomial,
-        ancestor_fn=anc_fn,
+        hook=hook,
+        resample_fn=conditional_multinomial,
+        ancestor_fn=ancestor_sampler(fk) if ancestor_sampling else None,
     )
+
+
+def _csmc_core(key, fk, inputs, reference, *, num_particles, num_steps, ess_threshold, ancestor_sampling):
+    config = SMCConfig(num_particles, ess_threshold, "multinomial")
+    return csmc_filter(key, fk, inputs, reference, config, num_steps=num_steps, ancestor_sampling=ancestor_sampling)
 
 
 _csmc_jit = jax.jit(_csmc_core, static_argnames=("fk", "num_particles", "num_steps", "ess_threshold", "ancestor_sampling"))
@@ -189,19 +218,21 @@ def csmc(
     recorded; draw the next reference with :func:`sample_trajectory`.
     """
     _check_scheme(resampling)
-    t = _check_reference(inputs, reference, num_particles)
+    t = check_reference(inputs, reference, num_particles)
     if ancestor_sampling and ess_threshold < 1.0:
         raise ValueError("ancestor sampling requires resampling at every step: use ess_threshold=1.0")
     return _csmc_jit(
-        key, fk, inputs, reference, num_particles=int(num_particles), num_steps=t,
+        as_key(key), fk, inputs, reference, num_particles=int(num_particles), num_steps=t,
         ess_threshold=float(ess_threshold), ancestor_sampling=bool(ancestor_sampling),
     )
 
 
-def _check_reference(inputs, reference, num_particles):
+def check_reference(inputs, reference, num_particles) -> int:
+    """Check a reference trajectory (leaves with a common leading axis ``T`` matching the
+    inputs) and ``num_particles >= 2``; return ``T``."""
     if not isinstance(num_particles, (int, np.integer)) or num_particles < 2:
         raise ValueError(f"conditional SMC needs num_particles >= 2 (one is the reference), got {num_particles!r}")
-    t = _num_steps(inputs, None) if inputs is not None else None
+    t = num_steps_of(inputs, None) if inputs is not None else None
     leaves = jax.tree_util.tree_leaves(reference)
     if not leaves:
         raise ValueError("reference trajectory is empty")
@@ -250,41 +281,64 @@ def particle_gibbs(
     _check_scheme(resampling)
     if ancestor_sampling and ess_threshold < 1.0:
         raise ValueError("ancestor sampling requires resampling at every step: use ess_threshold=1.0")
-    if num_iterations < 1:
-        raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
-    fk_of = fk if theta is not None else (lambda th: fk)
     if theta is None and not isinstance(fk, FeynmanKac):
         raise TypeError("fk must be a FeynmanKac (or a function theta -> FeynmanKac with theta=...)")
     if gibbs_update is not None and theta is None:
         raise ValueError("gibbs_update needs an initial theta")
-    t = _num_steps(inputs, None)
+    t = num_steps_of(inputs, None)
+    num_particles = positive_int(num_particles, "num_particles")
+    num_iterations = positive_int(num_iterations, "num_iterations")
+    if init_reference is not None:
+        check_reference(inputs, init_reference, num_particles)
+    trajs, log_zs, thetas, moved = _pg_jit(
+        as_key(key), inputs, init_reference, theta, fk=fk, parametric=theta is not None, num_particles=num_particles,
+        num_steps=t, num_iterations=num_iterations, ess_threshold=float(ess_threshold),
+        ancestor_sampling=bool(ancestor_sampling), backward_sampling=bool(backward_sampling), gibbs_update=gibbs_update,
+    )
+    return PGResult(trajs, log_zs, thetas if theta is not None else None, moved)
+
+
+def _pg_loop(key, inputs, init_reference, theta, *, fk, parametric, num_particles, num_steps, num_iterations,
+             ess_threshold, ancestor_sampling, backward_sampling, gibbs_update):
+    """The particle Gibbs chain as one pure function (jitted once per static setting)."""
+    fk_of = fk if parametric else (lambda th: fk)
     k_init, k_iter = jax.random.split(key)
     if init_reference is None:
-        res0 = _run_core(
-            k_init, inputs, fk=fk_of(theta), config=SMCConfig(num_particles, 1.0, "multinomial"), num_steps=t,
+        res0 = run_filter(
+            k_init, fk_of(theta), inputs, SMCConfig(num_particles, 1.0, "multinomial"), num_steps=num_steps,
             record=("ancestors", "log_weights", "particles"),
         )
         init_reference, _ = sample_trajectory(jax.random.fold_in(k_init, 1), res0)
-    else:
-        _check_reference(inputs, init_reference, num_particles)
+    config = SMCConfig(num_particles, ess_threshold, "multinomial")
 
     def one_iteration(carry, k):
         ref, th = carry
         k_sweep, k_traj, k_theta = jax.random.split(k, 3)
         f = fk_of(th)
-        res = _csmc_core(k_sweep, f, inputs, ref, num_particles, t, float(ess_threshold), ancestor_sampling)
+        res = csmc_filter(k_sweep, f, inputs, ref, config, num_steps=num_steps, ancestor_sampling=ancestor_sampling)
         new_ref, _ = sample_trajectory(k_traj, res, f, inputs, backward=backward_sampling)
-        moved = jax.tree_util.tree_leaves(
-            jax.tree_util.tree_map(lambda a, b: jnp.any((a != b).reshape(a.shape[0], -1), axis=1), new_ref, ref)
-        )
-        moved = jnp.any(jnp.stack(moved), axis=0)
         if gibbs_update is not None:
             th = gibbs_update(k_theta, th, new_ref, inputs)
-        return (new_ref, th), (new_ref, res.log_z, th, moved)
+        return (new_ref, th), (new_ref, res.log_z, th, reference_moved(new_ref, ref))
 
-    @jax.jit
-    def loop(ref, th, k):
-        return jax.lax.scan(one_iteration, (ref, th), jax.random.split(k, num_iterations))
+    _, outs = jax.lax.scan(one_iteration, (init_reference, theta), jax.random.split(k_iter, num_iterations))
+    return outs
 
-    _, (trajs, log_zs, thetas, moved) = loop(init_reference, theta, k_iter)
-    return PGResult(trajs, log_zs, thetas if theta is not None else None, moved)
+
+_pg_jit = jax.jit(
+    _pg_loop,
+    static_argnames=(
+        "fk", "parametric", "num_particles", "num_steps", "num_iterations", "ess_threshold", "ancestor_sampling",
+        "backward_sampling", "gibbs_update",
+    ),
+)
+
+
+def reference_moved(new_reference, reference):
+    """``(T,)`` bool: whether the reference state at each step changed (any leaf, any element)."""
+    moved = jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(
+            lambda a, b: jnp.any((a != b).reshape(a.shape[0], -1), axis=1), new_reference, reference
+        )
+    )
+    return jnp.any(jnp.stack(moved), axis=0)

@@ -66,8 +66,10 @@ import optax
 
 from .fk import FeynmanKac
 from .resampling import get_resampler
-from .smc import SMCConfig, SMCState, _as_key, _num_steps, _slice, _step_keys, init, smc_step
-from .smoothing import _as_bound, _check_method, _check_pos_int, _paris_impl, _require_density
+from .checks import as_key, num_steps_of, positive_int
+from .smc import SMCConfig, SMCState, StepHook, filter_scan
+from .smoothing import as_log_bound, check_backward_method, paris_filter, require_transition_density
+from .static import cached_builder
 from .ssm import StateSpaceModel, bootstrap
 from .weights import log_normalize, safe_logsumexp
 
@@ -83,6 +85,11 @@ __all__ = [
     "stop_gradient_score_fn",
     "stochastic_gradient_ascent",
     "mle",
+    "default_optimizer",
+    "build_fk",
+    "check_theta",
+    "check_model_args",
+    "STOP_GRADIENT_HOOK",
 ]
 
 sg = jax.lax.stop_gradient
@@ -119,7 +126,9 @@ class SGAResult(NamedTuple):
 # the model
 
 
-def _build_fk(model_fn, theta, filter_fn):
+def build_fk(model_fn, theta, filter_fn):
+    """The FK model at ``theta``: ``filter_fn(model_fn(theta))`` for a state-space model, or
+    ``model_fn(theta)`` itself when it is a :class:`FeynmanKac`."""
     model = model_fn(theta)
     if isinstance(model, StateSpaceModel):
         return filter_fn(model)
@@ -188,7 +197,8 @@ def score_additive_fn(log_density: Callable, theta) -> Callable:
     return h
 
 
-def _check_theta(theta):
+def check_theta(theta):
+    """Raise unless ``theta`` is a non-empty pytree of floating-point arrays."""
     leaves = jax.tree_util.tree_leaves(theta)
     if not leaves:
         raise ValueError("theta must be a pytree with at least one array leaf")
@@ -197,18 +207,18 @@ def _check_theta(theta):
             raise TypeError(f"theta leaves must be floating point (they are differentiated), got {jnp.asarray(leaf).dtype}")
 
 
-def _common_checks(model_fn, theta, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, resampling):
+def check_model_args(model_fn, theta, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, resampling):
     if not callable(model_fn):
         raise TypeError("model_fn must be a function theta -> StateSpaceModel (or FeynmanKac)")
     if not callable(filter_fn):
         raise TypeError("filter_fn must be a function StateSpaceModel -> FeynmanKac (e.g. smcscale.bootstrap)")
-    _check_theta(theta)
-    num_particles = _check_pos_int(num_particles, "num_particles")
+    check_theta(theta)
+    num_particles = positive_int(num_particles, "num_particles")
     kappa = float(ess_threshold)
     if not 0.0 <= kappa <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {kappa}")
     get_resampler(resampling)
-    t = _num_steps(inputs, None)
+    t = num_steps_of(inputs, None)
     model = model_fn(theta)
     if isinstance(model, FeynmanKac) and log_density_fn is None:
         raise ValueError(
@@ -225,11 +235,11 @@ def _common_checks(model_fn, theta, inputs, num_particles, filter_fn, log_densit
 
 
 def _score_paris_impl(key, theta, inputs, *, model_fn, filter_fn, log_density_fn, num_steps, config, num_backward, method, num_mh_steps, log_bound, max_trials):
-    fk = _build_fk(model_fn, sg(theta), filter_fn)
-    _require_density(fk, "score_paris")
+    fk = build_fk(model_fn, sg(theta), filter_fn)
+    require_transition_density(fk, "score_paris")
     ld = complete_data_log_density(model_fn, log_density_fn)
-    res = _paris_impl(
-        key, inputs, fk=fk, num_steps=num_steps, config=config, additive_fn=score_additive_fn(ld, theta),
+    res = paris_filter(
+        key, fk, inputs, config, num_steps=num_steps, additive_fn=score_additive_fn(ld, theta),
         num_backward=num_backward, method=method, num_mh_steps=num_mh_steps, log_bound=log_bound, max_trials=max_trials,
     )
     return ScoreEstimate(res.estimate, res.log_z)
@@ -276,13 +286,13 @@ def score_paris(
     Returns:
       :class:`ScoreEstimate` ``(score, log_z)``; ``score`` has the structure of ``theta``.
     """
-    _check_method(method, log_bound)
-    t, config = _common_checks(model_fn, theta, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, resampling)
+    check_backward_method(method, log_bound)
+    t, config = check_model_args(model_fn, theta, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, resampling)
     return _score_paris_jit(
-        _as_key(key), theta, inputs, model_fn=model_fn, filter_fn=filter_fn, log_density_fn=log_density_fn,
-        num_steps=t, config=config, num_backward=_check_pos_int(num_backward, "num_backward"), method=method,
-        num_mh_steps=_check_pos_int(num_mh_steps, "num_mh_steps"), log_bound=_as_bound(log_bound),
-        max_trials=_check_pos_int(max_trials, "max_trials"),
+        as_key(key), theta, inputs, model_fn=model_fn, filter_fn=filter_fn, log_density_fn=log_density_fn,
+        num_steps=t, config=config, num_backward=positive_int(num_backward, "num_backward"), method=method,
+        num_mh_steps=positive_int(num_mh_steps, "num_mh_steps"), log_bound=as_log_bound(log_bound),
+        max_trials=positive_int(max_trials, "max_trials"),
     )
 
 
@@ -313,34 +323,34 @@ def _stop_gradient_fk(fk: FeynmanKac, log_density, theta) -> FeynmanKac:
     return FeynmanKac(sample_initial, sample_transition, log_potential, fk.transition_log_density, log_lookahead)
 
 
+def _stop_gradient_update(key, tr):
+    # The engine gives every resampled child the same (constant) log-weight; add the
+    # zero-valued correction lw_{A_i} - sg(lw_{A_i}) that carries the ancestor's gradient.
+    new = tr.state
+    lw_anc = jnp.take(tr.previous.log_weights, tr.info.ancestors)
+    corr = jnp.where(tr.info.resampled, lw_anc - sg(lw_anc), 0.0)
+    corr = jnp.where(jnp.isfinite(lw_anc), corr, 0.0)
+    shifted = new.log_weights + corr
+    # log Ẑ_t gains logsumexp(unnormalised + corr) - logsumexp(unnormalised) = lse(shifted).
+    return SMCState(new.particles, log_normalize(shifted), new.log_z + safe_logsumexp(shifted)), None
+
+
+def _no_extra(key, state, inputs_0):
+    return None
+
+
+STOP_GRADIENT_HOOK = StepHook(_no_extra, _stop_gradient_update)
+"""The :class:`smcscale.StepHook` of the stop-gradient estimator: after each step it adds to
+the log-weights the zero-valued term ``lw_{A_i} - sg(lw_{A_i})`` so that ``∇ log Ẑ`` follows
+the ancestral lines (the values, and so ``log Ẑ``, are unchanged)."""
+
+
 def _log_z_sg_impl(key, theta, inputs, *, model_fn, filter_fn, log_density_fn, num_steps, config):
     fk = _stop_gradient_fk(
-        _build_fk(model_fn, theta, filter_fn), complete_data_log_density(model_fn, log_density_fn), theta
+        build_fk(model_fn, theta, filter_fn), complete_data_log_density(model_fn, log_density_fn), theta
     )
-    has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
-    k0, k_rest = jax.random.split(key)
-    state, _ = init(k0, fk, _slice(inputs, 0) if has_inputs else None, config)
-    if num_steps == 1:
-        return state.log_z
-
-    def body(state, xs_t):
-        k, u = xs_t
-        new, info = smc_step(k, fk, state, u, config)
-        # The engine gives every resampled child the same (constant) log-weight; add the
-        # zero-valued correction lw_{A_i} - sg(lw_{A_i}) that carries the ancestor's gradient.
-        lw_anc = jnp.take(state.log_weights, info.ancestors)
-        corr = jnp.where(info.resampled, lw_anc - sg(lw_anc), 0.0)
-        corr = jnp.where(jnp.isfinite(lw_anc), corr, 0.0)
-        shifted = new.log_weights + corr
-        # log Ẑ_t gains logsumexp(unnormalised + corr) - logsumexp(unnormalised) = lse(shifted).
-        return SMCState(new.particles, log_normalize(shifted), new.log_z + safe_logsumexp(shifted)), None
-
-    xs = (
-        _step_keys(k_rest, num_steps),  # the driver's keys: log Ẑ is smc.run's, draw for draw
-        jax.tree_util.tree_map(lambda leaf: leaf[1:], inputs) if has_inputs else None,
-    )
-    state, _ = jax.lax.scan(body, state, xs)
-    return state.log_z
+    # the driver's keys: log Ẑ is smc.run's, draw for draw
+    return filter_scan(key, fk, inputs, config, num_steps=num_steps, hook=STOP_GRADIENT_HOOK).state.log_z
 
 
 _log_z_sg_jit = jax.jit(_log_z_sg_impl, static_argnames=_STATIC)
@@ -366,9 +376,9 @@ def log_z_stop_gradient(
     path-space Fisher-identity score estimate ``sum_i W^i sum_t ∇ l_t`` along the ancestral
     lines. Runs the engine's ``init`` / ``smc_step``; arguments as in :func:`score_paris`.
     """
-    t, config = _common_checks(model_fn, theta, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, resampling)
+    t, config = check_model_args(model_fn, theta, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, resampling)
     return _log_z_sg_jit(
-        _as_key(key), theta, inputs, model_fn=model_fn, filter_fn=filter_fn, log_density_fn=log_density_fn,
+        as_key(key), theta, inputs, model_fn=model_fn, filter_fn=filter_fn, log_density_fn=log_density_fn,
         num_steps=t, config=config,
     )
 
@@ -385,6 +395,15 @@ def score_stop_gradient(key, model_fn, theta, inputs, num_particles, **kwargs) -
 # stochastic gradient ascent
 
 
+@cached_builder
+def default_optimizer(learning_rate: float = 1e-2):
+    """``optax.adam(learning_rate)``, built once per learning rate: the optimiser is a static
+    argument of the jitted ascent loop, so a fresh ``optax.adam`` per call would recompile.
+    Keep your own optimiser object for the same reason."""
+    return optax.adam(learning_rate)
+
+
+@cached_builder
 def paris_score_fn(
     model_fn: Callable,
     inputs,
@@ -403,16 +422,16 @@ def paris_score_fn(
 ) -> Callable:
     """A ``score_fn(key, theta, carry) -> (score, log_z, carry)`` for
     :func:`stochastic_gradient_ascent`, estimating the score by PaRIS (``carry`` unused)."""
-    _check_method(method, log_bound)
-    num_particles = _check_pos_int(num_particles, "num_particles")
-    t = _num_steps(inputs, None)
+    check_backward_method(method, log_bound)
+    num_particles = positive_int(num_particles, "num_particles")
+    t = num_steps_of(inputs, None)
     config = SMCConfig(num_particles, float(ess_threshold), resampling)
     get_resampler(resampling)
     opts = dict(
         model_fn=model_fn, filter_fn=filter_fn, log_density_fn=log_density_fn, num_steps=t, config=config,
-        num_backward=_check_pos_int(num_backward, "num_backward"), method=method,
-        num_mh_steps=_check_pos_int(num_mh_steps, "num_mh_steps"), log_bound=_as_bound(log_bound),
-        max_trials=_check_pos_int(max_trials, "max_trials"),
+        num_backward=positive_int(num_backward, "num_backward"), method=method,
+        num_mh_steps=positive_int(num_mh_steps, "num_mh_steps"), log_bound=as_log_bound(log_bound),
+        max_trials=positive_int(max_trials, "max_trials"),
     )
 
     def score_fn(key, theta, carry):
@@ -422,6 +441,7 @@ def paris_score_fn(
     return score_fn
 
 
+@cached_builder
 def stop_gradient_score_fn(
     model_fn: Callable,
     inputs,
@@ -433,8 +453,8 @@ def stop_gradient_score_fn(
     resampling="systematic",
 ) -> Callable:
     """A ``score_fn(key, theta, carry)`` using the stop-gradient ``∇ log Ẑ`` estimator."""
-    num_particles = _check_pos_int(num_particles, "num_particles")
-    t = _num_steps(inputs, None)
+    num_particles = positive_int(num_particles, "num_particles")
+    t = num_steps_of(inputs, None)
     config = SMCConfig(num_particles, float(ess_threshold), resampling)
     get_resampler(resampling)
 
@@ -501,16 +521,16 @@ def stochastic_gradient_ascent(
     """
     if not callable(score_fn):
         raise TypeError("score_fn must be a function (key, theta, carry) -> (score, log_z, carry)")
-    _check_theta(theta0)
-    num_iterations = _check_pos_int(num_iterations, "num_iterations")
+    check_theta(theta0)
+    num_iterations = positive_int(num_iterations, "num_iterations")
     if optimizer is None:
-        optimizer = optax.adam(1e-2)
+        optimizer = default_optimizer()
     if average_from is None:
         average_from = num_iterations // 2
     if isinstance(average_from, bool) or not isinstance(average_from, (int, np.integer)) or not 0 <= average_from <= num_iterations:
         raise ValueError(f"average_from must be an int in [0, {num_iterations}], got {average_from!r}")
     return _sga_jit(
-        _as_key(key), theta0, carry0, score_fn=score_fn, num_iterations=num_iterations, optimizer=optimizer,
+        as_key(key), theta0, carry0, score_fn=score_fn, num_iterations=num_iterations, optimizer=optimizer,
         average_from=int(average_from),
     )
 
@@ -542,7 +562,7 @@ def mle(
     """
     ess_threshold = paris_options.get("ess_threshold", 0.5)
     resampling = paris_options.get("resampling", "systematic")
-    _common_checks(model_fn, theta0, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, resampling)
+    check_model_args(model_fn, theta0, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, resampling)
     if estimator == "paris":
         score_fn = paris_score_fn(model_fn, inputs, num_particles, filter_fn=filter_fn, log_density_fn=log_density_fn, **paris_options)
     elif estimator == "stop_gradient":

@@ -71,27 +71,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .csmc import _check_reference, _conditional_multinomial, _make_ancestor_sampler, conditional_fk, sample_trajectory
+from .checks import as_key, has_inputs, num_steps_of, positive_int, slice_inputs
+from .csmc import check_reference, csmc_filter, reference_moved, sample_trajectory
 from .fk import FeynmanKac
 from .learning import (
     SGAResult,
-    _build_fk,
-    _check_theta,
-    _common_checks,
+    build_fk,
+    check_model_args,
+    check_theta,
     complete_data_log_density,
     score_additive_fn,
     stochastic_gradient_ascent,
 )
-from .smc import SMCConfig, SMCResult, _as_key, _num_steps, _run_core, _slice, init, smc_step
+from .smc import SMCConfig, StepHook, run_filter
 from .smoothing import (
-    _as_bound,
-    _check_method,
-    _check_pos_int,
-    _check_tau,
-    _float_tree,
-    _require_density,
-    _weighted_sum,
-    paris_update,
+    as_log_bound,
+    check_backward_method,
+    paris_hook,
+    require_transition_density,
+    weighted_sum,
 )
 from .ssm import bootstrap
 
@@ -144,72 +142,56 @@ class _Options(NamedTuple):
 # one sweep
 
 
+def _first_inputs_init(key, state, inputs_0, *, hook):
+    return hook.init(key, state, inputs_0[0])
+
+
+def _first_inputs_update(key, tr, *, hook):
+    return hook.update(key, tr._replace(inputs=tr.inputs[0]))
+
+
+def _on_model_inputs(hook: StepHook) -> StepHook:
+    """``hook`` for a conditional sweep, whose inputs are pairs ``(inputs_t, x*_t)``: the hook
+    sees ``inputs_t`` only."""
+    return StepHook(
+        functools.partial(_first_inputs_init, hook=hook), functools.partial(_first_inputs_update, hook=hook)
+    )
+
+
 def _sweep(key, fk: FeynmanKac, inputs, reference, additive_fn: Callable, opts: _Options):
-    """One PPG iteration (pure; callable inside jit / scan / grad with a traced model).
+    """One PPG iteration (pure; callable inside jit / scan / grad with a traced model): a
+    conditional SMC sweep (:func:`smcscale.csmc.csmc_filter`) with the PaRIS hook, then a
+    new reference drawn from the recorded sweep.
 
     Returns ``(estimate, log_z, new_reference, num_invalid)``.
     """
-    cfk = conditional_fk(fk)
-    config = SMCConfig(opts.num_particles, opts.ess_threshold, "multinomial")
-    anc_fn = _make_ancestor_sampler(fk) if opts.ancestor_sampling else None
-    has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
-    k0, k_rest, k_traj = jax.random.split(key, 3)
-    u0 = _slice(inputs, 0) if has_inputs else None
-    state, info0 = init(k0, cfk, (u0, _slice(reference, 0)), config)
-    tau = _float_tree(additive_fn(None, state.particles, u0))
-    _check_tau(tau, opts.num_particles, "t = 0")
-    hist0 = (state.particles, state.log_weights, info0.ancestors, info0.num_invalid)
-
-    if opts.num_steps == 1:
-        hist = jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], hist0)
-    else:
-        xs = (
-            jax.random.split(k_rest, opts.num_steps - 1),
-            jax.tree_util.tree_map(lambda leaf: leaf[1:], inputs) if has_inputs else None,
-            jax.tree_util.tree_map(lambda leaf: leaf[1:], reference),
+    # The reference's statistic is updated like every other particle's: backward draws
+    # over the whole population at t - 1 (weights before resampling).
+    hook = _on_model_inputs(
+        paris_hook(
+            fk, additive_fn, num_backward=opts.num_backward, method=opts.method, num_mh_steps=opts.num_mh_steps,
+            log_bound=opts.log_bound, max_trials=opts.max_trials,
         )
-
-        def body(carry, xs_t):
-            state, tau = carry
-            k, u, ref_t = xs_t
-            k_smc, k_back = jax.random.split(k)
-            new, info = smc_step(k_smc, cfk, state, (u, ref_t), config, None, _conditional_multinomial, anc_fn)
-            # The reference's statistic is updated like every other particle's: backward
-            # draws over the whole population at t - 1 (weights before resampling).
-            tau = paris_update(
-                k_back, fk, state.particles, state.log_weights, tau, new.particles, u, additive_fn,
-                ancestors=info.ancestors, num_backward=opts.num_backward, method=opts.method,
-                num_mh_steps=opts.num_mh_steps, log_bound=opts.log_bound, max_trials=opts.max_trials,
-            )
-            return (new, tau), (new.particles, new.log_weights, info.ancestors, info.num_invalid)
-
-        (state, tau), outs = jax.lax.scan(body, (state, tau), xs)
-        hist = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b], axis=0), hist0, outs)
-
-    particles_h, lw_h, anc_h, bad_h = hist
-    estimate = _weighted_sum(tau, state.log_weights)
-    record = SMCResult(
-        particles=state.particles, log_weights=state.log_weights, log_z=state.log_z, log_z_trace=None, ess=None,
-        resampled=None, num_invalid=bad_h, summaries={}, ancestors=anc_h, particles_history=particles_h,
-        log_weights_history=lw_h,
     )
-    new_ref, _ = sample_trajectory(k_traj, record, fk, inputs if has_inputs else None, backward=opts.trajectory == "backward")
+    k_sweep, k_traj = jax.random.split(key)
+    config = SMCConfig(opts.num_particles, opts.ess_threshold, "multinomial")
+    record = csmc_filter(
+        k_sweep, fk, inputs, reference, config, num_steps=opts.num_steps, ancestor_sampling=opts.ancestor_sampling,
+        hook=hook,
+    )
+    estimate = weighted_sum(record.extra, record.log_weights)
+    new_ref, _ = sample_trajectory(
+        k_traj, record, fk, inputs if has_inputs(inputs) else None, backward=opts.trajectory == "backward"
+    )
     new_ref = jax.tree_util.tree_map(lambda n, r: n.astype(r.dtype), new_ref, reference)
-    return estimate, state.log_z, new_ref, jnp.sum(bad_h)
-
-
-def _moved(new_ref, ref):
-    moved = jax.tree_util.tree_leaves(
-        jax.tree_util.tree_map(lambda a, b: jnp.any((a != b).reshape(a.shape[0], -1), axis=1), new_ref, ref)
-    )
-    return jnp.any(jnp.stack(moved), axis=0)
+    return estimate, record.log_z, new_ref, jnp.sum(record.num_invalid)
 
 
 def _initial_reference_impl(key, fk, inputs, num_particles, num_steps, backward):
     """A trajectory of an ordinary (unconditional) filter: the chain's starting point."""
     k_run, k_traj = jax.random.split(key)
-    res = _run_core(
-        k_run, inputs, fk=fk, config=SMCConfig(num_particles, 1.0, "multinomial"), num_steps=num_steps,
+    res = run_filter(
+        k_run, fk, inputs, SMCConfig(num_particles, 1.0, "multinomial"), num_steps=num_steps,
         record=("ancestors", "log_weights", "particles"),
     )
     has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
@@ -227,11 +209,11 @@ def _make_options(fk, inputs, reference, num_particles, *, num_backward, method,
                   ess_threshold, ancestor_sampling, trajectory, what):
     if not isinstance(fk, FeynmanKac):
         raise TypeError(f"fk must be a smcscale.FeynmanKac, got {type(fk).__name__}")
-    _require_density(fk, f"{what} (PaRIS backward draws{', ancestor sampling' if ancestor_sampling else ''})")
+    require_transition_density(fk, f"{what} (PaRIS backward draws{', ancestor sampling' if ancestor_sampling else ''})")
     if fk.log_lookahead is not None:
         raise ValueError(f"{what}: conditional SMC with an auxiliary (log_lookahead) model is not supported")
-    log_bound = _as_bound(log_bound)
-    _check_method(method, log_bound)
+    log_bound = as_log_bound(log_bound)
+    check_backward_method(method, log_bound)
     if trajectory not in TRAJECTORY_METHODS:
         raise ValueError(f"unknown trajectory method {trajectory!r}; choose from {list(TRAJECTORY_METHODS)}")
     if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)) or num_particles < 2:
@@ -241,17 +223,17 @@ def _make_options(fk, inputs, reference, num_particles, *, num_backward, method,
         raise ValueError(f"ess_threshold must be in [0, 1], got {kappa}")
     if ancestor_sampling and kappa < 1.0:
         raise ValueError("ancestor sampling requires resampling at every step: use ess_threshold=1.0")
-    t_ref = _check_reference(inputs, reference, int(num_particles)) if reference is not None else None
+    t_ref = check_reference(inputs, reference, int(num_particles)) if reference is not None else None
     if jax.tree_util.tree_leaves(inputs):
-        t = _num_steps(inputs, None)
+        t = num_steps_of(inputs, None)
     elif t_ref is not None:
         t = t_ref  # a model without inputs: the reference says how many steps
     else:
         raise ValueError(f"{what}: inputs is empty (None): give a reference trajectory to say how many steps to run")
     return _Options(
-        num_particles=int(num_particles), num_steps=t, num_backward=_check_pos_int(num_backward, "num_backward"),
-        method=method, num_mh_steps=_check_pos_int(num_mh_steps, "num_mh_steps"), log_bound=log_bound,
-        max_trials=_check_pos_int(max_trials, "max_trials"), ess_threshold=kappa,
+        num_particles=int(num_particles), num_steps=t, num_backward=positive_int(num_backward, "num_backward"),
+        method=method, num_mh_steps=positive_int(num_mh_steps, "num_mh_steps"), log_bound=log_bound,
+        max_trials=positive_int(max_trials, "max_trials"), ess_threshold=kappa,
         ancestor_sampling=bool(ancestor_sampling), trajectory=trajectory,
     )
 
@@ -259,7 +241,7 @@ def _make_options(fk, inputs, reference, num_particles, *, num_backward, method,
 def _conform_reference(fk, inputs, reference, opts: _Options, key):
     """Cast ``reference`` to the particles' dtypes and check its per-step shapes."""
     has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
-    u0 = _slice(inputs, 0) if has_inputs else None
+    u0 = slice_inputs(inputs, 0) if has_inputs else None
     shapes = jax.eval_shape(lambda k: fk.sample_initial(k, opts.num_particles, u0), key)
     if jax.tree_util.tree_structure(shapes) != jax.tree_util.tree_structure(reference):
         raise ValueError(
@@ -309,7 +291,7 @@ def ppg_sweep(
         log_bound=log_bound, max_trials=max_trials, ess_threshold=ess_threshold, ancestor_sampling=ancestor_sampling,
         trajectory=trajectory, what="ppg_sweep",
     )
-    key = _as_key(key)
+    key = as_key(key)
     reference = _conform_reference(fk, inputs, reference, opts, key)
     est, log_z, new_ref, _ = _sweep_jit(key, inputs, reference, fk=fk, additive_fn=additive_fn, opts=opts)
     return est, log_z, new_ref
@@ -325,7 +307,7 @@ _sweep_jit = jax.jit(
 def _ppg_jit(key, inputs, reference, *, fk, additive_fn, opts, num_iterations, burn_in):
     def one_iteration(ref, k):
         est, log_z, new_ref, bad = _sweep(k, fk, inputs, ref, additive_fn, opts)
-        return new_ref, (est, new_ref, log_z, _moved(new_ref, ref), bad)
+        return new_ref, (est, new_ref, log_z, reference_moved(new_ref, ref), bad)
 
     _, (ests, trajs, log_z, moved, bad) = jax.lax.scan(one_iteration, reference, jax.random.split(key, num_iterations))
     estimate = jax.tree_util.tree_map(lambda v: jnp.mean(v[burn_in:], axis=0), ests)
@@ -384,7 +366,7 @@ def ppg(
     """
     if not callable(additive_fn):
         raise TypeError("additive_fn must be a function (x_prev, x, inputs_t) -> pytree (x_prev is None at t = 0)")
-    num_iterations = _check_pos_int(num_iterations, "num_iterations")
+    num_iterations = positive_int(num_iterations, "num_iterations")
     if burn_in is None:
         burn_in = num_iterations // 5
     if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or not 0 <= burn_in < num_iterations:
@@ -394,7 +376,7 @@ def ppg(
         log_bound=log_bound, max_trials=max_trials, ess_threshold=ess_threshold, ancestor_sampling=ancestor_sampling,
         trajectory=trajectory, what="ppg",
     )
-    key = _as_key(key)
+    key = as_key(key)
     k_init, k_iter = jax.random.split(key)
     if init_reference is None:
         init_reference = _initial_reference(
@@ -439,10 +421,10 @@ def ppg_score_fn(
     sweeps at ``theta``; the reference trajectory is the carry. ``theta_example`` (optional)
     is used to check the model eagerly.
     """
-    num_sweeps = _check_pos_int(num_sweeps, "num_sweeps")
+    num_sweeps = positive_int(num_sweeps, "num_sweeps")
     ld = complete_data_log_density(model_fn, log_density_fn)
     if theta_example is not None:
-        fk0 = _build_fk(model_fn, theta_example, filter_fn)
+        fk0 = build_fk(model_fn, theta_example, filter_fn)
     else:
         fk0 = None
     if fk0 is not None:
@@ -452,8 +434,8 @@ def ppg_score_fn(
             ancestor_sampling=ancestor_sampling, trajectory=trajectory, what="score_climbing",
         )
     else:
-        log_bound = _as_bound(log_bound)
-        _check_method(method, log_bound)
+        log_bound = as_log_bound(log_bound)
+        check_backward_method(method, log_bound)
         if trajectory not in TRAJECTORY_METHODS:
             raise ValueError(f"unknown trajectory method {trajectory!r}; choose from {list(TRAJECTORY_METHODS)}")
         if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)) or num_particles < 2:
@@ -461,13 +443,13 @@ def ppg_score_fn(
         if ancestor_sampling and float(ess_threshold) < 1.0:
             raise ValueError("ancestor sampling requires resampling at every step: use ess_threshold=1.0")
         opts = _Options(
-            int(num_particles), _num_steps(inputs, None), _check_pos_int(num_backward, "num_backward"), method,
-            _check_pos_int(num_mh_steps, "num_mh_steps"), log_bound, _check_pos_int(max_trials, "max_trials"),
+            int(num_particles), num_steps_of(inputs, None), positive_int(num_backward, "num_backward"), method,
+            positive_int(num_mh_steps, "num_mh_steps"), log_bound, positive_int(max_trials, "max_trials"),
             float(ess_threshold), bool(ancestor_sampling), trajectory,
         )
 
     def score_fn(key, theta, reference):
-        fk = _build_fk(model_fn, sg(theta), filter_fn)
+        fk = build_fk(model_fn, sg(theta), filter_fn)
         h = score_additive_fn(ld, theta)
         if num_sweeps == 1:
             est, log_z, new_ref, _ = _sweep(key, fk, inputs, reference, h, opts)
@@ -530,15 +512,15 @@ def score_climbing(
     Returns:
       :class:`smcscale.learning.SGAResult`; ``carry`` is the final reference trajectory.
     """
-    _check_theta(theta0)
-    _common_checks(model_fn, theta0, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, "multinomial")
-    fk0 = _build_fk(model_fn, theta0, filter_fn)
+    check_theta(theta0)
+    check_model_args(model_fn, theta0, inputs, num_particles, filter_fn, log_density_fn, ess_threshold, "multinomial")
+    fk0 = build_fk(model_fn, theta0, filter_fn)
     opts = _make_options(
         fk0, inputs, init_reference, num_particles, num_backward=num_backward, method=method,
         num_mh_steps=num_mh_steps, log_bound=log_bound, max_trials=max_trials, ess_threshold=ess_threshold,
         ancestor_sampling=ancestor_sampling, trajectory=trajectory, what="score_climbing",
     )
-    key = _as_key(key)
+    key = as_key(key)
     k_init, k_iter = jax.random.split(key)
     if init_reference is None:
         init_reference = _initial_reference(

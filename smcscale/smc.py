@@ -40,9 +40,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .checks import as_key, has_inputs, num_steps_of, positive_int, slice_inputs
+from .checks import ess_threshold as check_ess_threshold
 from .fk import FeynmanKac
-from .resampling import get_resampler
 from .prng import fast_key
+from .resampling import get_resampler
+from .static import cached_builder
 from .weights import ess as _ess
 from .weights import log_normalize, reweight, safe_logsumexp
 
@@ -51,9 +54,17 @@ __all__ = [
     "SMCResult",
     "SMCConfig",
     "ParticleCollapseError",
+    "StepInfo",
+    "StepHook",
+    "Transition",
+    "FilterScan",
     "init",
     "smc_step",
+    "filter_scan",
+    "run_filter",
     "run",
+    "check_result",
+    "record_names",
     "weighted_mean",
     "trace_genealogy",
 ]
@@ -82,6 +93,9 @@ class SMCConfig(NamedTuple):
 
 
 class StepInfo(NamedTuple):
+    """What one step did: ESS after reweighting, whether it resampled, the ancestors
+    (``arange(N)`` when it did not), and the number of invalid (NaN / ``+inf``) log-potentials."""
+
     ess: jax.Array
     resampled: jax.Array
     ancestors: jax.Array
@@ -103,6 +117,7 @@ class SMCResult(NamedTuple):
       ancestors: ``(T, N)`` int32 if recorded (``ancestors[0] = arange(N)``), else ``None``.
       particles_history: pytree with leaves ``(T, N, ...)`` if recorded, else ``None``.
       log_weights_history: ``(T, N)`` if recorded, else ``None``.
+      extra: the final extra state of the :class:`StepHook`, if one was given.
     """
 
     particles: Any
@@ -116,16 +131,19 @@ class SMCResult(NamedTuple):
     ancestors: Optional[jax.Array] = None
     particles_history: Any = None
     log_weights_history: Optional[jax.Array] = None
+    extra: Any = None
 
 
 # ---------------------------------------------------------------------------------------
 # helpers
 
 
+@cached_builder
 def weighted_mean(fn: Optional[Callable] = None):
     """Summary ``sum_i W_i f(x_i)`` (``f`` = identity by default), for ``run(summaries=...)``.
 
-    ``f`` maps the particle pytree to an array with leading axis ``N``.
+    ``f`` maps the particle pytree to an array with leading axis ``N``. Equal calls return
+    the same summary (so ``run`` does not recompile; pass the same ``fn`` object).
     """
 
     def summary(particles, log_weights):
@@ -163,6 +181,26 @@ def _shard(tree, sharding):
     return jax.tree_util.tree_map(lambda leaf: jax.lax.with_sharding_constraint(leaf, sharding), tree)
 
 
+def _check_particles(x, num_particles, what, like=None):
+    """Particles must be a pytree of arrays with leading axis ``N`` (and, after a move, the
+    same shapes and structure as before)."""
+    leaves = jax.tree_util.tree_leaves(x)
+    if not leaves:
+        raise ValueError(f"{what} returned no particles (an empty pytree)")
+    for leaf in leaves:
+        shape = jnp.shape(leaf)
+        if len(shape) < 1 or shape[0] != num_particles:
+            raise ValueError(
+                f"{what} must return particles whose leaves have leading axis {num_particles} "
+                f"(one row per particle), got a leaf of shape {shape}"
+            )
+    if like is not None:
+        got = jax.tree_util.tree_map(jnp.shape, x)
+        want = jax.tree_util.tree_map(jnp.shape, like)
+        if jax.tree_util.tree_structure(x) != jax.tree_util.tree_structure(like) or got != want:
+            raise ValueError(f"{what} must return particles shaped like its input x_prev {want}, got {got}")
+
+
 def _check_log_potential_shape(lg, num_particles, where):
     shape = getattr(lg, "shape", None)
     if shape != (num_particles,):
@@ -180,6 +218,7 @@ def init(key, fk: FeynmanKac, inputs_0, config: SMCConfig, sharding=None):
     """Draw ``x_0 ~ M_0`` and weight by ``G_0``; return ``(SMCState, StepInfo)``."""
     n = config.num_particles
     x = fk.sample_initial(key, n, inputs_0)
+    _check_particles(x, n, "sample_initial")
     x = _shard(x, sharding)
     lg = fk.log_potential(None, x, inputs_0)
     _check_log_potential_shape(lg, n, "t = 0")
@@ -273,6 +312,7 @@ def smc_step(
 
     x_prev_res = _shard(_gather(x_prev, anc), sharding)
     x = fk.sample_transition(k_move, x_prev_res, inputs_t)
+    _check_particles(x, n, "sample_transition", like=x_prev)
     x = _shard(x, sharding)
     lg = fk.log_potential(x_prev_res, x, inputs_t)
     _check_log_potential_shape(lg, n, "t >= 1")
@@ -289,23 +329,61 @@ def smc_step(
 # the driver
 
 
-def _num_steps(inputs, num_steps):
-    leaves = jax.tree_util.tree_leaves(inputs)
-    if not leaves:
-        if num_steps is None:
-            raise ValueError("inputs is empty (None): pass num_steps= to say how many steps to run")
-        return int(num_steps)
-    lengths = {np.shape(leaf)[0] if np.ndim(leaf) > 0 else None for leaf in leaves}
-    if None in lengths:
-        raise ValueError("every leaf of inputs must have a leading time axis; found a scalar leaf")
-    if len(lengths) != 1:
-        raise ValueError(f"all leaves of inputs must share the leading time axis length, got lengths {sorted(lengths)}")
-    t = lengths.pop()
-    if num_steps is not None and int(num_steps) != t:
-        raise ValueError(f"num_steps={num_steps} disagrees with the inputs' leading axis of length {t}")
-    if t < 1:
-        raise ValueError("inputs have zero time steps: need at least one")
-    return t
+class Transition(NamedTuple):
+    """What one step of the driver did, as a :class:`StepHook` sees it (step ``t >= 1``).
+
+    Attributes:
+      previous: the :class:`SMCState` at ``t - 1`` (before resampling).
+      previous_extra: the hook's extra state at ``t - 1``, aligned with ``previous.particles``.
+      state: the :class:`SMCState` at ``t`` (after resampling, move and reweighting).
+      extra: ``previous_extra`` resampled with the particles (every leaf gathered by
+        ``info.ancestors``), aligned with ``state.particles``.
+      info: the step's :class:`StepInfo` (ESS, resampling flag, ancestors, invalid count).
+      inputs: ``inputs_t``.
+    """
+
+    previous: SMCState
+    previous_extra: Any
+    state: SMCState
+    extra: Any
+    info: StepInfo
+    inputs: Any
+
+
+class StepHook(NamedTuple):
+    """Extra state carried along a filter, and a function called after every step.
+
+    ``init(key, state, inputs_0) -> extra`` builds the extra state at ``t = 0`` from the
+    weighted initial population; per-particle leaves have leading axis ``N``.
+    ``update(key, transition) -> (state, extra)`` runs after each step ``t >= 1`` with the
+    :class:`Transition`; the driver has already resampled the extra state with the particles
+    (``transition.extra``), so a statistic that follows the genealogy is just
+    ``transition.extra + increment``; one that needs the population at ``t - 1`` (PaRIS's
+    backward draws) reads ``transition.previous`` and ``transition.previous_extra``.
+    ``update`` returns the state unchanged (``transition.state``) unless the hook corrects
+    the weights or ``log Z`` (e.g. the stop-gradient score estimator of
+    :mod:`smcscale.learning`). The hook's keys are independent of the filter's, so adding a
+    hook leaves the filter's draws unchanged.
+
+    Users: :func:`smcscale.smoothing.paris_hook` (PaRIS), :mod:`smcscale.ppg`,
+    :mod:`smcscale.learning`.
+    """
+
+    init: Callable
+    update: Callable
+
+
+class FilterScan(NamedTuple):
+    """What :func:`filter_scan` returns: the final state, the hook's final extra state, and
+    ``trace``, the per-step ``outputs`` stacked along a leading time axis ``T``."""
+
+    state: SMCState
+    extra: Any
+    trace: Any
+
+
+def _no_outputs(state, extra, info):
+    return ()
 
 
 def _step_keys(key, num_steps):
@@ -314,26 +392,105 @@ def _step_keys(key, num_steps):
     return jax.random.split(key, (num_steps - 1, 3))
 
 
-def _slice(inputs, t):
-    return jax.tree_util.tree_map(lambda leaf: leaf[t], inputs)
+def _stack_first(first, rest):
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b], axis=0), first, rest)
 
 
-def _run_core(key, inputs, *, fk, config, num_steps, summary_items=(), record=(), sharding=None, resample_fn=None, ancestor_fn=None):
-    """The whole filter as a pure function (``run`` jits it; conditional SMC reuses it)."""
-    summaries = dict(summary_items)
-    has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
+def filter_scan(
+    key,
+    fk: FeynmanKac,
+    inputs,
+    config: SMCConfig,
+    *,
+    num_steps: int,
+    outputs: Optional[Callable] = None,
+    hook: Optional[StepHook] = None,
+    sharding=None,
+    resample_fn: Optional[Callable] = None,
+    ancestor_fn: Optional[Callable] = None,
+) -> FilterScan:
+    r"""The engine's one loop: :func:`init`, then :func:`smc_step` for ``t = 1..T-1`` in a
+    ``lax.scan``, with an optional :class:`StepHook` and per-step ``outputs``.
+
+    Pure and not jitted: call it inside ``jax.jit`` / ``vmap`` / ``grad`` (with a traced
+    model if you like). :func:`run` is this function jitted plus argument checks; particle
+    Gibbs, PaRIS, Parisian PG and the score estimators are this function with a hook.
+
+    Args:
+      key: a ``jax.random`` key (same key, same draws).
+      fk, inputs, config: the model, per-step inputs (leading axis ``T``, or ``None``) and
+        the static settings (:class:`SMCConfig`).
+      num_steps: ``T`` (a Python int).
+      outputs: ``(state, extra, info) -> pytree`` recorded after every step (``t = 0``
+        included) and stacked along a leading axis ``T`` in ``FilterScan.trace``.
+      hook: a :class:`StepHook` (extra state + a function after every step).
+      sharding, resample_fn, ancestor_fn: as in :func:`smc_step`.
+
+    Returns:
+      :class:`FilterScan` ``(state, extra, trace)``.
+    """
+    outputs = _no_outputs if outputs is None else outputs
+    with_inputs = has_inputs(inputs)
     # bit-identical Threefry with the rounds unrolled (see smcscale.prng): faster model moves
     k0, k_rest = jax.random.split(fast_key(key))
-    inputs_0 = _slice(inputs, 0) if has_inputs else None
+    inputs_0 = slice_inputs(inputs, 0) if with_inputs else None
     state, info = init(k0, fk, inputs_0, config, sharding)
+    hook_keys = None
+    extra = None
+    if hook is not None:
+        hook_keys = jax.random.split(jax.random.fold_in(k_rest, 1), num_steps)
+        extra = hook.init(hook_keys[0], state, inputs_0)
+    first = outputs(state, extra, info)
+    if num_steps == 1:
+        return FilterScan(state, extra, jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], first))
 
-    def outputs(state, info):
+    xs = (
+        _step_keys(k_rest, num_steps),
+        None if hook_keys is None else hook_keys[1:],
+        jax.tree_util.tree_map(lambda leaf: leaf[1:], inputs) if with_inputs else None,
+    )
+
+    def body(carry, xs_t):
+        state, extra = carry
+        k, k_hook, inputs_t = xs_t
+        new, info = smc_step(k, fk, state, inputs_t, config, sharding, resample_fn, ancestor_fn)
+        if hook is not None:
+            moved = _gather(extra, info.ancestors)
+            new, extra = hook.update(k_hook, Transition(state, extra, new, moved, info, inputs_t))
+        return (new, extra), outputs(new, extra, info)
+
+    (state, extra), rest = jax.lax.scan(body, (state, extra), xs)
+    return FilterScan(state, extra, _stack_first(first, rest))
+
+
+def run_filter(
+    key,
+    fk: FeynmanKac,
+    inputs,
+    config: SMCConfig,
+    *,
+    num_steps: int,
+    summaries: Sequence = (),
+    record: Sequence[str] = (),
+    hook: Optional[StepHook] = None,
+    sharding=None,
+    resample_fn: Optional[Callable] = None,
+    ancestor_fn: Optional[Callable] = None,
+) -> SMCResult:
+    """:func:`filter_scan` with the standard outputs, as an :class:`SMCResult`: what
+    :func:`run` computes, without its checks and without ``jit`` (so that conditional SMC
+    and other kernels run it inside their own jitted loops). ``summaries`` is a sequence of
+    ``(name, fn)`` pairs; ``record`` a tuple of names from ``("ancestors", "particles",
+    "log_weights")``."""
+    summaries = tuple(summaries.items()) if isinstance(summaries, Mapping) else tuple(summaries)
+
+    def standard_outputs(state, extra, info):
         out = {
             "ess": info.ess,
             "resampled": info.resampled,
             "log_z": state.log_z,
             "num_invalid": info.num_invalid,
-            "summaries": {name: fn(state.particles, state.log_weights) for name, fn in summaries.items()},
+            "summaries": {name: fn(state.particles, state.log_weights) for name, fn in summaries},
         }
         if "ancestors" in record:
             out["ancestors"] = info.ancestors
@@ -343,25 +500,15 @@ def _run_core(key, inputs, *, fk, config, num_steps, summary_items=(), record=()
             out["log_weights"] = state.log_weights
         return out
 
-    out0 = outputs(state, info)
-    if num_steps == 1:
-        stacked = jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], out0)
-    else:
-        keys = _step_keys(k_rest, num_steps)
-        xs = (keys, jax.tree_util.tree_map(lambda leaf: leaf[1:], inputs) if has_inputs else None)
-
-        def body(state, xs_t):
-            k, inp = xs_t
-            state, info = smc_step(k, fk, state, inp, config, sharding, resample_fn, ancestor_fn)
-            return state, outputs(state, info)
-
-        state, outs = jax.lax.scan(body, state, xs)
-        stacked = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b], axis=0), out0, outs)
-
+    scan = filter_scan(
+        key, fk, inputs, config, num_steps=num_steps, outputs=standard_outputs, hook=hook, sharding=sharding,
+        resample_fn=resample_fn, ancestor_fn=ancestor_fn,
+    )
+    stacked = scan.trace
     return SMCResult(
-        particles=state.particles,
-        log_weights=state.log_weights,
-        log_z=state.log_z,
+        particles=scan.state.particles,
+        log_weights=scan.state.log_weights,
+        log_z=scan.state.log_z,
         log_z_trace=stacked["log_z"],
         ess=stacked["ess"],
         resampled=stacked["resampled"],
@@ -370,13 +517,28 @@ def _run_core(key, inputs, *, fk, config, num_steps, summary_items=(), record=()
         ancestors=stacked.get("ancestors"),
         particles_history=stacked.get("particles"),
         log_weights_history=stacked.get("log_weights"),
+        extra=scan.extra,
     )
 
 
 _run_jit = jax.jit(
-    _run_core,
-    static_argnames=("fk", "config", "num_steps", "summary_items", "record", "sharding", "resample_fn", "ancestor_fn"),
+    run_filter,
+    static_argnames=("fk", "config", "num_steps", "summaries", "record", "hook", "sharding", "resample_fn", "ancestor_fn"),
 )
+
+
+def record_names(record) -> tuple:
+    """``record`` as a sorted tuple of valid names (a single string is one name)."""
+    if isinstance(record, str):
+        record = (record,)
+    try:
+        record = tuple(sorted(set(record)))
+    except TypeError:
+        raise TypeError(f"record must be a name or a sequence of names from {list(_RECORDABLE)}, got {record!r}") from None
+    unknown = [r for r in record if r not in _RECORDABLE]
+    if unknown:
+        raise ValueError(f"unknown record option(s) {unknown}; choose from {list(_RECORDABLE)}")
+    return record
 
 
 def run(
@@ -390,11 +552,19 @@ def run(
     resampling="systematic",
     summaries: Optional[Mapping[str, Callable]] = None,
     record: Sequence[str] = (),
+    hook: Optional[StepHook] = None,
     mesh=None,
     particle_axis: str = "particles",
     check: bool = True,
 ) -> SMCResult:
     """Run a particle filter on the Feynman–Kac model ``fk`` over ``T`` steps.
+
+    Compiled once per distinct ``(fk, summaries, hook, num_particles, T, ...)``: ``fk``,
+    the summaries and the hook are static arguments of ``jax.jit``, compared with ``==``.
+    The builders of smcscale (:func:`~smcscale.ssm.bootstrap`, :func:`weighted_mean`, ...)
+    return the identical object for equal arguments (:mod:`smcscale.static`), so calling
+    ``run(key, bootstrap(ssm), ...)`` in a loop compiles once. Keep your own ``fk``:
+    a new lambda on every call is a new model and compiles again.
 
     Args:
       key: a ``jax.random`` key; the same key gives the same result.
@@ -408,8 +578,11 @@ def run(
         ``(key, log_weights, num_samples) -> ancestors``.
       summaries: ``{name: f(particles, log_weights) -> pytree}`` computed after each
         reweighting (``log_weights`` normalised), e.g. :func:`weighted_mean`.
-      record: any of ``"ancestors"``, ``"particles"``, ``"log_weights"`` to keep per step
-        (memory ``O(T N)``); ancestors give the genealogy (:func:`trace_genealogy`).
+      record: any of ``"ancestors"``, ``"particles"``, ``"log_weights"`` (one name or a
+        sequence) to keep per step (memory ``O(T N)``); ancestors give the genealogy
+        (:func:`trace_genealogy`).
+      hook: a :class:`StepHook`: per-particle extra state carried and resampled with the
+        particles and updated after each step; its final value is ``SMCResult.extra``.
       mesh: a ``jax.sharding.Mesh``; when given, the particle axis of every particle leaf and
         of the weights is sharded over the mesh axis ``particle_axis``. Resampling uses the
         global weights (XLA inserts the collectives), so the algorithm is unchanged.
@@ -420,30 +593,20 @@ def run(
     Returns:
       :class:`SMCResult`.
     """
-    if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)):
-        raise TypeError(f"num_particles must be a Python int, got {type(num_particles).__name__}")
-    num_particles = int(num_particles)
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    num_particles = positive_int(num_particles, "num_particles")
     if not isinstance(fk, FeynmanKac):
         raise TypeError(f"fk must be a smcscale.FeynmanKac, got {type(fk).__name__}")
-    try:
-        kappa = float(ess_threshold)
-    except (TypeError, ValueError):
-        raise TypeError(f"ess_threshold must be a number in [0, 1], got {ess_threshold!r}") from None
-    if not 0.0 <= kappa <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1] (1 = resample every step, 0 = never), got {kappa}")
+    kappa = check_ess_threshold(ess_threshold)
     get_resampler(resampling)  # raises on unknown names
-    record = tuple(sorted(set(record)))
-    unknown = [r for r in record if r not in _RECORDABLE]
-    if unknown:
-        raise ValueError(f"unknown record option(s) {unknown}; choose from {list(_RECORDABLE)}")
+    record = record_names(record)
     summaries = dict(summaries or {})
     for name, fn in summaries.items():
         if not callable(fn):
             raise TypeError(f"summary {name!r} must be a function (particles, log_weights) -> value")
-    t = _num_steps(inputs, num_steps)
-    key = _as_key(key)
+    if hook is not None and not isinstance(hook, StepHook):
+        raise TypeError(f"hook must be a smcscale.StepHook(init, update), got {type(hook).__name__}")
+    t = num_steps_of(inputs, num_steps)
+    key = as_key(key)
 
     sharding = None
     if mesh is not None:
@@ -461,26 +624,32 @@ def run(
     config = SMCConfig(num_particles, kappa, resampling)
     result = _run_jit(
         key,
+        fk,
         inputs,
-        fk=fk,
-        config=config,
+        config,
         num_steps=t,
-        summary_items=tuple(summaries.items()),
+        summaries=tuple(summaries.items()),
         record=record,
+        hook=hook,
         sharding=sharding,
     )
-    if check and not isinstance(result.log_z, jax.core.Tracer):
-        _check_result(result, num_particles)
+    if check:
+        check_result(result, num_particles)
     return result
 
 
-def _as_key(key):
-    if isinstance(key, (int, np.integer)):
-        raise TypeError("key must be a jax.random key (e.g. jax.random.key(0)), got an int")
-    return key
+def check_result(result, n: int) -> None:
+    """Raise on what a filter result says went wrong (used by every eager entry point).
 
+    ``result`` has ``num_invalid`` ``(T,)`` and ``log_z_trace`` ``(T,)`` (an
+    :class:`SMCResult` or alike). Does nothing on traced or batched (vmapped) results.
 
-def _check_result(result: SMCResult, n: int) -> None:
+    Raises:
+      ValueError: a log-potential was NaN or ``+inf`` (names the first step).
+      ParticleCollapseError: every particle had weight zero at some step.
+    """
+    if isinstance(result.log_z_trace, jax.core.Tracer):
+        return
     bad = np.asarray(result.num_invalid)
     if bad.ndim == 1 and bad.any():
         t = int(np.flatnonzero(bad)[0])

@@ -58,9 +58,10 @@ PaRIS carries one statistic ``tau_t^i`` per particle, an estimate of
 and ``E[S_t | y_{0:t}] ≈ sum_i W_t^i tau_t^i``. Cost ``O(N Ñ)`` per step with ``"mh"`` /
 ``"reject"`` draws; ``Ñ = 2`` is the usual choice (``Ñ = 1`` degenerates like the
 genealogy). The update needs the *whole* previous population and its weights (not only
-the resampled ancestors), so PaRIS runs as a scan of :func:`paris_step`:
-``smcscale.smc_step`` moves the particles, :func:`paris_update` updates ``tau`` from
-``(x_{t-1}, W_{t-1}, tau_{t-1})`` and the new ``x_t``. With ``"mh"`` each of the ``Ñ``
+the resampled ancestors), so PaRIS is the engine's driver (:func:`smcscale.filter_scan`)
+with a :class:`smcscale.StepHook`, :func:`paris_hook`: ``smcscale.smc_step`` moves the
+particles, then :func:`paris_update` updates ``tau`` from ``(x_{t-1}, W_{t-1}, tau_{t-1})``
+and the new ``x_t``. With ``"mh"`` each of the ``Ñ``
 draws is its own MH chain started at the particle's ancestor (Dau & Chopin 2022).
 
 :func:`paris_update` is the piece Parisian particle Gibbs (Cardoso, Janati El Idrissi,
@@ -92,22 +93,27 @@ import numpy as np
 
 from .fk import FeynmanKac
 from .resampling import get_resampler, multinomial
-from .smc import SMCConfig, SMCResult, SMCState, _as_key, _check_result, _num_steps, _slice, init, smc_step
+from .checks import as_key, ess_threshold as check_ess_threshold, num_steps_of, positive_int, slice_inputs
+from .smc import SMCConfig, SMCResult, SMCState, StepHook, check_result, filter_scan, init, smc_step
+from .static import cached_builder
 
 __all__ = [
     "BACKWARD_METHODS",
     "FilterHistory",
     "BackwardSamples",
-    "PaRISState",
     "PaRISResult",
     "history_from_result",
     "backward_indices",
     "backward_step",
     "backward_sample",
-    "paris_init",
     "paris_update",
-    "paris_step",
+    "paris_hook",
+    "paris_filter",
     "paris",
+    "weighted_sum",
+    "require_transition_density",
+    "as_log_bound",
+    "check_backward_method",
 ]
 
 BACKWARD_METHODS = ("exact", "mh", "reject")
@@ -140,13 +146,6 @@ class BackwardSamples(NamedTuple):
 
     trajectories: Any
     indices: jax.Array
-
-
-class PaRISState(NamedTuple):
-    """A particle system plus the PaRIS statistics ``tau`` (leaves ``(N, ...)``)."""
-
-    smc: SMCState
-    tau: Any
 
 
 class PaRISResult(NamedTuple):
@@ -199,7 +198,8 @@ def _leading(tree):
     return sizes.pop()
 
 
-def _require_density(fk, what):
+def require_transition_density(fk, what):
+    """Raise unless ``fk`` is a :class:`FeynmanKac` with ``transition_log_density`` (``what`` names the caller)."""
     if not isinstance(fk, FeynmanKac):
         raise TypeError(f"fk must be a smcscale.FeynmanKac, got {type(fk).__name__}")
     if fk.transition_log_density is None:
@@ -211,7 +211,7 @@ def _require_density(fk, what):
         )
 
 
-def _as_bound(log_bound):
+def as_log_bound(log_bound):
     """``log_bound`` as a hashable static value: ``None``, a Python float or a function."""
     if log_bound is None or callable(log_bound):
         return log_bound
@@ -221,7 +221,8 @@ def _as_bound(log_bound):
         raise TypeError(f"log_bound must be a number or a function inputs_t -> number, got {log_bound!r}") from None
 
 
-def _check_method(method, log_bound):
+def check_backward_method(method, log_bound):
+    """Raise unless ``method`` is in :data:`BACKWARD_METHODS` (``"reject"`` needs ``log_bound``)."""
     if method not in BACKWARD_METHODS:
         raise ValueError(f"unknown backward method {method!r}; choose from {list(BACKWARD_METHODS)}")
     if method == "reject" and log_bound is None:
@@ -229,12 +230,6 @@ def _check_method(method, log_bound):
             "method='reject' needs log_bound: an upper bound of log m_t(x | x_prev) over both arguments "
             "(a number, or a function inputs_t -> number)"
         )
-
-
-def _check_pos_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise ValueError(f"{name} must be a positive Python int, got {value!r}")
-    return int(value)
 
 
 def _log_density(fk, x_prev, x, inputs_t):
@@ -399,9 +394,9 @@ def backward_indices(
     Returns:
       ``(M, num_draws)`` int32 indices into ``x_prev``.
     """
-    _require_density(fk, "backward sampling")
-    _check_method(method, log_bound)
-    num_draws = _check_pos_int(num_draws, "num_draws")
+    require_transition_density(fk, "backward sampling")
+    check_backward_method(method, log_bound)
+    num_draws = positive_int(num_draws, "num_draws")
     log_weights_prev = jnp.asarray(log_weights_prev)
     if log_weights_prev.ndim != 1:
         raise ValueError(f"log_weights_prev must have shape (N,), got {log_weights_prev.shape}")
@@ -411,11 +406,11 @@ def backward_indices(
     if method == "exact":
         return _exact_draws(key, fk, x_prev, log_weights_prev, x, inputs_t, num_draws)
     if method == "mh":
-        num_mh_steps = _check_pos_int(num_mh_steps, "num_mh_steps")
+        num_mh_steps = positive_int(num_mh_steps, "num_mh_steps")
         if start is not None and jnp.shape(start) != (_leading(x),):
             raise ValueError(f"start must have shape ({_leading(x)},) (one index per particle), got {jnp.shape(start)}")
         return _mh_draws(key, fk, x_prev, log_weights_prev, x, inputs_t, num_draws, start, num_mh_steps)
-    max_trials = _check_pos_int(max_trials, "max_trials")
+    max_trials = positive_int(max_trials, "max_trials")
     return _reject_draws(key, fk, x_prev, log_weights_prev, x, inputs_t, num_draws, log_bound, max_trials)
 
 
@@ -504,7 +499,7 @@ def _check_history(history: FilterHistory, inputs, method):
             raise ValueError(f"ancestors history must have shape ({t}, {n}), got {jnp.shape(history.ancestors)}")
     leaves = jax.tree_util.tree_leaves(inputs)
     if leaves:
-        steps = _num_steps(inputs, None)
+        steps = num_steps_of(inputs, None)
         if steps != t:
             raise ValueError(f"inputs have {steps} time steps but the filter history has {t}")
     return t, n
@@ -519,7 +514,7 @@ def _backward_sample_jit(key, particles, log_weights, ancestors, inputs, *, fk, 
     has_inputs = bool(jax.tree_util.tree_leaves(inputs))
     k_last, k_rest = jax.random.split(key)
     idx_last = multinomial(k_last, log_weights[-1], num_trajectories)
-    x_last = _take(_slice(particles, t_len - 1), idx_last)
+    x_last = _take(slice_inputs(particles, t_len - 1), idx_last)
     if t_len == 1:
         return BackwardSamples(_expand(x_last, 0), idx_last[None])
 
@@ -582,17 +577,17 @@ def backward_sample(
     Returns:
       :class:`BackwardSamples` (leaves ``(T, M, ...)``).
     """
-    _require_density(fk, "backward_sample")
-    log_bound = _as_bound(log_bound)
-    _check_method(method, log_bound)
-    num_trajectories = _check_pos_int(num_trajectories, "num_trajectories")
-    num_mh_steps = _check_pos_int(num_mh_steps, "num_mh_steps")
-    max_trials = _check_pos_int(max_trials, "max_trials")
+    require_transition_density(fk, "backward_sample")
+    log_bound = as_log_bound(log_bound)
+    check_backward_method(method, log_bound)
+    num_trajectories = positive_int(num_trajectories, "num_trajectories")
+    num_mh_steps = positive_int(num_mh_steps, "num_mh_steps")
+    max_trials = positive_int(max_trials, "max_trials")
     history = history_from_result(result_or_history)
     _check_history(history, inputs, method)
     ancestors = history.ancestors if method == "mh" else None
     return _backward_sample_jit(
-        _as_key(key), history.particles, jnp.asarray(history.log_weights), ancestors, inputs,
+        as_key(key), history.particles, jnp.asarray(history.log_weights), ancestors, inputs,
         fk=fk, num_trajectories=num_trajectories, method=method, num_mh_steps=num_mh_steps,
         log_bound=log_bound, max_trials=max_trials,
     )
@@ -615,17 +610,6 @@ def _float_tree(tree):
     return jax.tree_util.tree_map(
         lambda v: jnp.asarray(v) if jnp.issubdtype(jnp.asarray(v).dtype, jnp.inexact) else jnp.asarray(v, jnp.float32), tree
     )
-
-
-def paris_init(key, fk: FeynmanKac, inputs_0, config: SMCConfig, additive_fn: Callable, sharding=None):
-    """``t = 0``: ``smcscale.init`` and ``tau_0^i = h_0(x_0^i) = additive_fn(None, x_0, inputs_0)``.
-
-    Returns ``(PaRISState, StepInfo)``.
-    """
-    state, info = init(key, fk, inputs_0, config, sharding)
-    tau = _float_tree(additive_fn(None, state.particles, inputs_0))
-    _check_tau(tau, config.num_particles, "t = 0")
-    return PaRISState(state, tau), info
 
 
 def paris_update(
@@ -664,7 +648,7 @@ def paris_update(
     Returns:
       the new statistics ``tau_t`` (leaves ``(N', ...)``).
     """
-    num_backward = _check_pos_int(num_backward, "num_backward")
+    num_backward = positive_int(num_backward, "num_backward")
     m = _leading(x)
     draws = backward_indices(
         key, fk, x_prev, log_weights_prev, x, inputs_t, num_backward,
@@ -681,12 +665,29 @@ def paris_update(
     return jax.tree_util.tree_map(combine, tau_prev, h)
 
 
-def paris_step(
-    key,
+def weighted_sum(tree, log_weights):
+    """``sum_i W_i tree_i`` for every leaf (``log_weights`` normalised)."""
+    w = jnp.exp(log_weights)
+    return jax.tree_util.tree_map(lambda v: jnp.tensordot(w.astype(v.dtype), v, axes=(0, 0)), tree)
+
+
+def _paris_init(key, state, inputs_0, *, additive_fn):
+    tau = _float_tree(additive_fn(None, state.particles, inputs_0))
+    _check_tau(tau, _leading(state.particles), "t = 0")
+    return tau
+
+
+def _paris_hook_update(key, tr, *, fk, additive_fn, options):
+    tau = paris_update(
+        key, fk, tr.previous.particles, tr.previous.log_weights, tr.previous_extra, tr.state.particles, tr.inputs,
+        additive_fn, ancestors=tr.info.ancestors, **dict(options),
+    )
+    return tr.state, tau
+
+
+@cached_builder
+def paris_hook(
     fk: FeynmanKac,
-    state: PaRISState,
-    inputs_t,
-    config: SMCConfig,
     additive_fn: Callable,
     *,
     num_backward: int = 2,
@@ -694,80 +695,60 @@ def paris_step(
     num_mh_steps: int = 1,
     log_bound=None,
     max_trials: int = 8,
-    sharding=None,
-    resample_fn: Optional[Callable] = None,
-):
-    """One PaRIS step: ``smcscale.smc_step`` (resample, move, reweight) then :func:`paris_update`.
-
-    Returns ``(PaRISState, StepInfo)``.
-    """
-    k_smc, k_back = jax.random.split(key)
-    new, info = smc_step(k_smc, fk, state.smc, inputs_t, config, sharding, resample_fn)
-    tau = paris_update(
-        k_back, fk, state.smc.particles, state.smc.log_weights, state.tau, new.particles, inputs_t, additive_fn,
-        ancestors=info.ancestors, num_backward=num_backward, method=method, num_mh_steps=num_mh_steps,
-        log_bound=log_bound, max_trials=max_trials,
+) -> StepHook:
+    r"""PaRIS as a :class:`smcscale.StepHook`: the extra state is ``tau_t`` (one statistic per
+    particle), ``tau_0 = h_0(x_0)``, updated after each step by :func:`paris_update` from the
+    population at ``t - 1`` (before resampling). Give it to :func:`smcscale.run` (``hook=``,
+    the final ``tau`` is ``result.extra``) or :func:`smcscale.filter_scan`; the smoothed
+    estimate at ``t`` is ``weighted_sum(tau_t, log_weights_t)``. Equal arguments give the
+    same hook (no recompilation)."""
+    options = (
+        ("num_backward", positive_int(num_backward, "num_backward")),
+        ("method", method),
+        ("num_mh_steps", positive_int(num_mh_steps, "num_mh_steps")),
+        ("log_bound", as_log_bound(log_bound)),
+        ("max_trials", positive_int(max_trials, "max_trials")),
     )
-    return PaRISState(new, tau), info
+    check_backward_method(method, options[3][1])
+    return StepHook(
+        functools.partial(_paris_init, additive_fn=additive_fn),
+        functools.partial(_paris_hook_update, fk=fk, additive_fn=additive_fn, options=options),
+    )
 
 
-def _weighted_sum(tree, log_weights):
-    w = jnp.exp(log_weights)
-    return jax.tree_util.tree_map(lambda v: jnp.tensordot(w.astype(v.dtype), v, axes=(0, 0)), tree)
+def paris_filter(key, fk, inputs, config: SMCConfig, *, num_steps: int, additive_fn: Callable, **paris_options) -> PaRISResult:
+    """PaRIS as a pure function (not jitted: callable inside an outer jit/grad/vmap with a
+    traced model): :func:`smcscale.filter_scan` with :func:`paris_hook`. Options as in :func:`paris`."""
+    hook = paris_hook(fk, additive_fn, **paris_options)
 
-
-def _paris_impl(key, inputs, *, fk, num_steps, config, additive_fn, num_backward, method, num_mh_steps, log_bound, max_trials):
-    """The PaRIS scan (not jitted: callable inside an outer jit/grad/vmap with a traced model)."""
-    has_inputs = inputs is not None and len(jax.tree_util.tree_leaves(inputs)) > 0
-    k0, k_rest = jax.random.split(key)
-    inputs_0 = _slice(inputs, 0) if has_inputs else None
-    state, info = paris_init(k0, fk, inputs_0, config, additive_fn)
-
-    def outputs(state, info):
+    def outputs(state, tau, info):
         return {
-            "estimate": _weighted_sum(state.tau, state.smc.log_weights),
-            "log_z": state.smc.log_z,
+            "estimate": weighted_sum(tau, state.log_weights),
+            "log_z": state.log_z,
             "ess": info.ess,
             "resampled": info.resampled,
             "num_invalid": info.num_invalid,
         }
 
-    out0 = outputs(state, info)
-    if num_steps == 1:
-        stacked = jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], out0)
-    else:
-        xs = (
-            jax.random.split(k_rest, num_steps - 1),
-            jax.tree_util.tree_map(lambda leaf: leaf[1:], inputs) if has_inputs else None,
-        )
-
-        def body(state, xs_t):
-            k, u = xs_t
-            state, info = paris_step(
-                k, fk, state, u, config, additive_fn, num_backward=num_backward, method=method,
-                num_mh_steps=num_mh_steps, log_bound=log_bound, max_trials=max_trials,
-            )
-            return state, outputs(state, info)
-
-        state, outs = jax.lax.scan(body, state, xs)
-        stacked = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b], axis=0), out0, outs)
+    scan = filter_scan(key, fk, inputs, config, num_steps=num_steps, outputs=outputs, hook=hook)
+    stacked = scan.trace
     return PaRISResult(
         estimate=jax.tree_util.tree_map(lambda v: v[-1], stacked["estimate"]),
-        log_z=state.smc.log_z,
+        log_z=scan.state.log_z,
         estimates=stacked["estimate"],
         log_z_trace=stacked["log_z"],
         ess=stacked["ess"],
         resampled=stacked["resampled"],
-        particles=state.smc.particles,
-        log_weights=state.smc.log_weights,
-        tau=state.tau,
+        particles=scan.state.particles,
+        log_weights=scan.state.log_weights,
+        tau=scan.extra,
         num_invalid=stacked["num_invalid"],
     )
 
 
 _paris_jit = jax.jit(
-    _paris_impl,
-    static_argnames=("fk", "num_steps", "config", "additive_fn", "num_backward", "method", "num_mh_steps", "log_bound", "max_trials"),
+    paris_filter,
+    static_argnames=("fk", "config", "num_steps", "additive_fn", "num_backward", "method", "num_mh_steps", "log_bound", "max_trials"),
 )
 
 
@@ -812,25 +793,23 @@ def paris(
     Returns:
       :class:`PaRISResult` (``estimate``, ``log_z``, online ``estimates``, ...).
     """
-    _require_density(fk, "paris")
-    log_bound = _as_bound(log_bound)
-    _check_method(method, log_bound)
+    require_transition_density(fk, "paris")
+    log_bound = as_log_bound(log_bound)
+    check_backward_method(method, log_bound)
     if not callable(additive_fn):
         raise TypeError("additive_fn must be a function (x_prev, x, inputs_t) -> pytree (x_prev is None at t = 0)")
-    num_particles = _check_pos_int(num_particles, "num_particles")
-    num_backward = _check_pos_int(num_backward, "num_backward")
-    num_mh_steps = _check_pos_int(num_mh_steps, "num_mh_steps")
-    max_trials = _check_pos_int(max_trials, "max_trials")
-    kappa = float(ess_threshold)
-    if not 0.0 <= kappa <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {kappa}")
+    num_particles = positive_int(num_particles, "num_particles")
+    num_backward = positive_int(num_backward, "num_backward")
+    num_mh_steps = positive_int(num_mh_steps, "num_mh_steps")
+    max_trials = positive_int(max_trials, "max_trials")
+    kappa = check_ess_threshold(ess_threshold)
     get_resampler(resampling)
-    t = _num_steps(inputs, num_steps)
+    t = num_steps_of(inputs, num_steps)
     config = SMCConfig(num_particles, kappa, resampling)
     result = _paris_jit(
-        _as_key(key), inputs, fk=fk, num_steps=t, config=config, additive_fn=additive_fn,
+        as_key(key), fk, inputs, config, num_steps=t, additive_fn=additive_fn,
         num_backward=num_backward, method=method, num_mh_steps=num_mh_steps, log_bound=log_bound, max_trials=max_trials,
     )
-    if check and not isinstance(result.log_z, jax.core.Tracer):
-        _check_result(result, num_particles)
+    if check:
+        check_result(result, num_particles)
     return result

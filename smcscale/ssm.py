@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Optional
 
 from .fk import FeynmanKac
+from .static import cached_builder
 
 __all__ = ["StateSpaceModel", "bootstrap", "guided", "auxiliary"]
 
@@ -63,6 +64,7 @@ def _transition_log_density(ssm):
     return transition_log_density
 
 
+@cached_builder
 def bootstrap(ssm: StateSpaceModel) -> FeynmanKac:
     """Bootstrap filter: propose from the transition, weight by the observation density."""
     _check_ssm(ssm)
@@ -79,6 +81,7 @@ def bootstrap(ssm: StateSpaceModel) -> FeynmanKac:
     return FeynmanKac(sample_initial, sample_transition, log_potential, _transition_log_density(ssm))
 
 
+@cached_builder
 def guided(ssm: StateSpaceModel, proposal: Callable, proposal_initial: Optional[Callable] = None) -> FeynmanKac:
     """Guided filter with proposal ``q_t``.
 
@@ -108,6 +111,7 @@ def guided(ssm: StateSpaceModel, proposal: Callable, proposal_initial: Optional[
     return FeynmanKac(sample_initial, sample_transition, log_potential, _transition_log_density(ssm))
 
 
+@cached_builder
 def auxiliary(
     ssm: StateSpaceModel,
     log_lookahead: Callable,

@@ -9,6 +9,7 @@ import pytest
 import smcscale as smc
 from smcscale.csmc import csmc, particle_gibbs, sample_trajectory
 from smcscale.models import lgssm
+from smcscale.stats import autocorrelation, batch_means_se
 
 
 def _data(T, seed=5):
@@ -17,20 +18,6 @@ def _data(T, seed=5):
     ys = ys[:, 0]
     sm = smc.kalman.rts_smoother(p, smc.kalman.kalman_filter(p, ys))
     return ys, np.asarray(sm.smoothed_means[:, 0]), np.asarray(sm.smoothed_covs[:, 0, 0])
-
-
-def _batch_means_se(chain, num_batches=30):
-    """MCMC standard error of the mean of each column by batch means."""
-    n = (chain.shape[0] // num_batches) * num_batches
-    b = chain[:n].reshape(num_batches, -1, *chain.shape[1:]).mean(1)
-    return b.std(0, ddof=1) / np.sqrt(num_batches)
-
-
-def _acf1(x):
-    """Lag-one autocorrelation per column; a constant chain counts as 1."""
-    x = x - x.mean(0)
-    v = x.var(0)
-    return np.where(v > 0, (x[1:] * x[:-1]).mean(0) / np.where(v > 0, v, 1.0), 1.0)
 
 
 @pytest.mark.parametrize(
@@ -46,13 +33,13 @@ def test_particle_gibbs_is_invariant_for_the_smoother(label, kwargs, n, iters):
     fk = smc.bootstrap(lgssm.univariate())
     r = particle_gibbs(jax.random.key(3), fk, ys, n, iters, **kwargs)
     chain = np.asarray(r.trajectories, np.float64)[500:]
-    se = _batch_means_se(chain)
+    se = batch_means_se(chain, 30)
     err = np.abs(chain.mean(0) - mean)
     assert (err < 5 * se + 1e-3).all(), f"{label}: worst t={err.argmax()} err {err.max():.3f} se {se[err.argmax()]:.3f}"
     # second moments too: E[(x_t - m_t)^2] = P_t (the RTS variance), with its own batch-means SE
     sq = (chain - mean) ** 2
     err2 = np.abs(sq.mean(0) - var)
-    se2 = _batch_means_se(sq)
+    se2 = batch_means_se(sq, 30)
     assert (err2 < 5 * se2 + 1e-3).all(), f"{label}: worst t={err2.argmax()} err {err2.max():.4f} se {se2[err2.argmax()]:.4f}"
 
 
@@ -67,8 +54,8 @@ def test_pgas_mixes_better_than_pg_at_small_n():
     assert moved_pg[:10].mean() < 0.05 < 0.3 < moved_as[:10].mean()
     x_pg = np.asarray(pg.trajectories, np.float64)[200:, :10]
     x_as = np.asarray(pgas.trajectories, np.float64)[200:, :10]
-    ac_pg = _acf1(x_pg)
-    ac_as = _acf1(x_as)
+    ac_pg = autocorrelation(x_pg, 1)[1]  # lag one, per column; a constant chain counts as 1
+    ac_as = autocorrelation(x_as, 1)[1]
     assert (ac_as < ac_pg).all() and ac_as.mean() < 0.8, (ac_pg, ac_as)
 
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from smcscale import experiment as E
+from smcscale.workflow import experiment as E
 
 
 def _units(n):
@@ -126,7 +126,7 @@ def test_config_validation_and_loading(tmp_path):
     assert cfg.split == "easy-dev" and cfg.methods[0].options == {"iterations": 2} and cfg.budgets == (1, 2)
     # PG with 2 sweeps needs >= 4 generations; greedy runs once per problem
     cfg = E.ExperimentConfig(methods=[{"name": "pg2", "kind": "pg"}, {"name": "g", "kind": "greedy"}], budgets=(1, 2, 4))
-    units = E._units(cfg, E._problems(cfg)[:1])
+    units = E.grid_units(cfg, E.grid_problems(cfg)[:1])
     assert sorted((u["method"], u["budget"]) for u in units) == [("g", 1), ("pg2", 4)]
 
 
@@ -161,7 +161,7 @@ def test_unit_keys_are_deterministic_and_distinct():
 
 def _cli(args, **kw):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "smcscale.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "smcscale.workflow.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
@@ -273,7 +273,7 @@ def test_merge_joins_shards_and_refuses_different_experiments(tmp_path, capsys):
     got = json.loads((tmp_path / "m3" / "config.json").read_text())["config"]["problems"]
     assert got == ["easy-test-0000", "easy-test-0001", "easy-test-0005"]
     # the command line, then the report of the merged folder
-    from smcscale.cli import main
+    from smcscale.workflow.cli import main
 
     assert main(["merge", str(tmp_path / "m2"), str(tmp_path / "b"), str(tmp_path / "a")]) == 0
     assert "3 units added, 1 already there; 3 units in all" in capsys.readouterr().out
@@ -285,14 +285,14 @@ def test_shards_partition_the_grid_stably_and_run_and_merge_from_the_cli(tmp_pat
     pf = {"name": "pf", "kind": "pf"}
     ind = {"name": "ind", "kind": "independent"}
     cfg = E.ExperimentConfig(problems=12, methods=[pf, ind], budgets=(1, 2, 4), generation={"max_new_tokens": 8})
-    units = E._units(cfg, E._problems(cfg))
+    units = E.grid_units(cfg, E.grid_problems(cfg))
     parts = [E.shard_units(units, (k, 3)) for k in (1, 2, 3)]
     ids = [[u["unit"] for u in p] for p in parts]
     assert sorted(sum(ids, [])) == sorted(u["unit"] for u in units)  # disjoint, and they cover the grid
     # a hash deal: each shard has about a third of the 72 units (binomial sd 4), of every method
     assert all(abs(len(p) - 24) <= 12 and {u["method"] for u in p} == {"pf", "ind"} for p in parts)
     # a unit stays in its shard when the grid grows
-    more = E._units(dataclasses.replace(cfg, problems=20, budgets=(1, 2, 4, 8)), E._problems(cfg)[:12])
+    more = E.grid_units(dataclasses.replace(cfg, problems=20, budgets=(1, 2, 4, 8)), E.grid_problems(cfg)[:12])
     for k in (1, 2, 3):
         assert set(ids[k - 1]) <= {u["unit"] for u in E.shard_units(more, (k, 3))}
     for bad in [(0, 3), (4, 3), (1,), ("a", 2), (1.5, 2), None]:
@@ -300,7 +300,7 @@ def test_shards_partition_the_grid_stably_and_run_and_merge_from_the_cli(tmp_pat
             E.shard_units(units, bad)
     # the command line: two shards with a stand-in solver, then merged: the whole grid, once
     import smcscale.text.lm as lm_module
-    from smcscale.cli import main
+    from smcscale.workflow.cli import main
 
     monkeypatch.setattr(lm_module, "load_default_lm", lambda: None)
     monkeypatch.setattr(E, "_solver", lambda cfg, lm, problems: lambda u: _record(
@@ -320,7 +320,62 @@ def test_shards_partition_the_grid_stably_and_run_and_merge_from_the_cli(tmp_pat
         assert "shard" in capsys.readouterr().err
     # a grid of one unit: one of two shards is empty, which is an error, not a silent no-op
     one = E.ExperimentConfig(problems=1, methods=[pf], budgets=(1,))
-    empty = next(k for k in (1, 2) if not E.shard_units(E._units(one, E._problems(one)), (k, 2)))
+    empty = next(k for k in (1, 2) if not E.shard_units(E.grid_units(one, E.grid_problems(one)), (k, 2)))
     with pytest.raises(ValueError, match=f"shard {empty}/2 of this grid is empty"):
         E.run_experiment(one, tmp_path / "empty", shard=(empty, 2), echo=lambda s: None)
     assert not (tmp_path / "empty").exists()
+
+
+def test_a_typo_in_a_method_option_is_refused_before_anything_is_written_or_loaded(tmp_path, monkeypatch, capsys):
+    import smcscale.text.lm as lm_module
+    from smcscale.workflow.cli import main
+
+    loads = []
+    monkeypatch.setattr(lm_module, "load_default_lm", lambda: loads.append(1))
+    monkeypatch.setattr(E, "_solver", lambda cfg, lm, problems: lambda u: _record(
+        u["problem"], u["method"], u["kind"], u["budget"], {"pf": True}, 10))
+    grid = '[[methods]]\nname = "twisted"\nkind = "pf"\n[methods.options]\n{}\n'
+    common = ["budgets = [1, 2]", "problems = 2", "[generation]", "max_new_tokens = 8"]
+    cfile = tmp_path / "grid.toml"
+    cfile.write_text("\n".join(common[:2]) + "\n" + grid.format('modee = "paper"') + "\n".join(common[2:]) + "\n")
+    out = tmp_path / "run"
+    args = ["run", "--config", str(cfile), "--out", str(out), "--no-progress", "--no-plot"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert str(cfile) in err and "method 'twisted'" in err and "unknown option 'modee'" in err
+    assert "valid options: " in err and ", mode, " in err and "Traceback" not in err
+    assert not out.exists() and not loads  # no folder to refuse the corrected config; no model loaded
+    # the same through the library: MethodSpec refuses it, with the valid choices
+    with pytest.raises(ValueError, match=r"unknown option 'beam_widht'; valid options: .*beam_width"):
+        E.MethodSpec("b", "beam", {"beam_widht": 2})
+    for bad, match in [({"budgets": [0]}, "'budgets' must be a non-empty list of positive integers"),
+                       ({"budgets": 4}, "'budgets' must be"), ({"iterations": 0}, "'iterations' must be a positive"),
+                       ({"record_history": True}, "unknown option 'record_history'")]:
+        with pytest.raises(ValueError, match=match):
+            E.MethodSpec("m", "pg" if "iterations" in bad else "independent", bad)
+    assert E.method_options("greedy") == ("budgets",) and {"mode", "iterations"} <= set(E.method_options("pg"))
+    # corrected, the same command runs
+    cfile.write_text("\n".join(common[:2]) + "\n" + grid.format('mode = "paper"') + "\n".join(common[2:]) + "\n")
+    assert main(args) == 0
+    assert len(E.ResultStore(out / "results.jsonl").records) == 4 and loads == [1]
+
+
+def test_a_run_that_fails_before_its_first_result_leaves_no_folder(tmp_path, monkeypatch):
+    import smcscale.text.lm as lm_module
+
+    def refuse(u):
+        raise ValueError("mode must be 'twisted' or 'paper'")  # a value only the sampler checks
+
+    monkeypatch.setattr(lm_module, "load_default_lm", lambda: None)
+    monkeypatch.setattr(E, "_solver", lambda cfg, lm, problems: refuse)
+    cfg = E.ExperimentConfig(problems=1, methods=[{"name": "pf", "kind": "pf", "options": {"mode": "bogus"}}],
+                             budgets=(1,))
+    with pytest.raises(ValueError, match="mode must be"):
+        E.run_experiment(cfg, tmp_path / "new", progress=False, plot=False, echo=lambda s: None)
+    assert not (tmp_path / "new").exists()
+    # a folder that existed before is kept, whatever happens
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="mode must be"):
+        E.run_experiment(cfg, tmp_path / "mine", progress=False, plot=False, echo=lambda s: None)
+    assert (tmp_path / "mine" / "config.json").exists()

@@ -12,7 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from smcscale.tasks.arithmetic import check_step, load_split, programmatic_prm_score, reference_solution
+from smcscale.tasks.arithmetic import (
+    check_step,
+    corrupt_step,
+    is_correct,
+    load_split,
+    programmatic_prm_score,
+    reference_solution,
+    score_steps,
+)
 from smcscale.text import FakeLM, FakeTokenizer, GenerationConfig, JaxLM, ModelNotFoundError, particle_filter
 from smcscale.text.learned_prm import (
     LearnedPRM,
@@ -22,7 +30,6 @@ from smcscale.text.learned_prm import (
     add_corrupted_references,
     binary_auc,
     collect_rollout_labels,
-    corrupt_arithmetic_step,
     dataset_features,
     evaluate_against_programmatic,
     extract_features,
@@ -213,11 +220,11 @@ def test_rollout_labels_match_exact_completion_probability():
 def test_collect_rejects_bad_input():
     flm = FakeLM(P_FAKE, SYM)
     with pytest.raises(ValueError, match="at least one problem"):
-        collect_rollout_labels(flm, [], key=0, prompt_fn=lambda p: "a")
+        collect_rollout_labels(flm, [], key=0, prompt_fn=lambda p: "a", is_correct=_even_a)
     with pytest.raises(ValueError, match="num_rollouts"):
-        collect_rollout_labels(flm, [1], key=0, num_rollouts=0, prompt_fn=lambda p: "a")
+        collect_rollout_labels(flm, [1], key=0, num_rollouts=0, prompt_fn=lambda p: "a", is_correct=_even_a)
     with pytest.raises(ValueError, match="temperature"):
-        collect_rollout_labels(flm, [1], key=0, temperature=0.0, prompt_fn=lambda p: "a")
+        collect_rollout_labels(flm, [1], key=0, temperature=0.0, prompt_fn=lambda p: "a", is_correct=_even_a)
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,17 +310,18 @@ def test_corruption_and_programmatic_agreement():
     for p in problems:
         ref = reference_solution(p)
         steps = [s + "\n\n" for s in ref.split("\n\n")[:-1]] + [ref.split("\n\n")[-1]]
-        new, j = corrupt_arithmetic_step(steps, rng)
+        new, j = corrupt_step(steps, rng)
         assert [i for i in range(len(steps)) if new[i] != steps[i]] == [j]
         res = check_step(new[j])
         assert res["num_correct"] < res["num_claims"]
         sols.append([ref, "".join(new[: j + 1])])
     oracle = lambda c, s: programmatic_prm_score(None, [x.strip() for x in s])  # noqa: E731
-    ev = evaluate_against_programmatic(oracle, problems, sols)
+    task = dict(score_steps=score_steps, is_correct=is_correct)  # the arithmetic task's
+    ev = evaluate_against_programmatic(oracle, problems, sols, **task)
     assert ev["step_auc"] == 1.0 and ev["step_accuracy"] == 1.0 and ev["spearman"] == pytest.approx(1.0)
     assert ev["counts"]["wrong"] == len(problems) and ev["counts"]["solutions"] == 2 * len(problems)
     assert ev["counts"]["correct_solutions"] >= len(problems)  # a cut corrupted copy may still end on the answer
-    const = evaluate_against_programmatic(lambda c, s: 0.5, problems, sols)
+    const = evaluate_against_programmatic(lambda c, s: 0.5, problems, sols, **task)
     assert const["step_auc"] == 0.5 and const["spearman"] is None
     # corrupted copies of references: rollout labels kept before the corrupted step, 0 on it
     ds = PRMDataset([p.question for p in problems], [[s + "\n\n" for s in reference_solution(p).split("\n\n")] for p in problems],
@@ -321,7 +329,7 @@ def test_corruption_and_programmatic_agreement():
                     [np.ones(len(reference_solution(p).split("\n\n"))) for p in problems],
                     [np.full(len(reference_solution(p).split("\n\n")), 4) for p in problems],
                     ["reference"] * len(problems), [p.id for p in problems], [1] * len(problems))
-    aug = add_corrupted_references(ds, copies=2, seed=1)
+    aug = add_corrupted_references(ds, corrupt_fn=corrupt_step, copies=2, seed=1)
     assert aug.num_solutions > ds.num_solutions
     for i in range(ds.num_solutions, aug.num_solutions):
         src = aug.problem_ids.index(aug.problem_ids[i])

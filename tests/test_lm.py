@@ -89,7 +89,7 @@ def test_sequence_logprob_is_the_teacher_forced_sum(lm, reference):
 
 def test_lipogram_mask_forbids_control_tokens(lm):
     """The lipogram mask judges text: EOS is allowed, other control tokens are not."""
-    from smcscale.text.potentials import lipogram_constraint
+    from smcscale.tasks.constraints import lipogram_constraint
 
     tok = lm.tokenizer
     mask = lipogram_constraint(tok, "e").static_mask
@@ -151,6 +151,11 @@ def test_reorder_continues_as_the_ancestor(lm, ancestors):
     np.testing.assert_array_equal(np.asarray(moved.logits), np.asarray(before.logits)[a])
     assert moved.cache.prefix.k[0].shape[0] == 1 and moved.cache.suffix.k[0].shape[0] == a.size
     np.testing.assert_array_equal(np.stack(moved.cache.prefix.v), np.stack(before.cache.prefix.v))
+    # the plain gather (no in-place path for stable ancestors) gives the same state
+    gathered = lm.reorder_by_gather(_copy(st), jnp.asarray(a))
+    np.testing.assert_array_equal(np.stack(gathered.cache.suffix.k), np.stack(moved.cache.suffix.k))
+    np.testing.assert_array_equal(np.stack(gathered.cache.suffix.v), np.stack(moved.cache.suffix.v))
+    np.testing.assert_array_equal(np.asarray(gathered.logits), np.asarray(moved.logits))
     m = a.size  # fewer rows than before: the batch shrinks (sampler compaction)
     keys = jax.random.split(jax.random.key(9), steps * m).reshape(steps, m)
     cont = []
@@ -349,3 +354,25 @@ def test_fake_lm_reorder_and_errors():
         lm.tokenizer.encode("abc")
     with pytest.raises(ValueError, match="rows must be probability vectors"):
         FakeLM(np.ones((3, 3)), symbols="ab")
+
+
+# ---------------------------------------------------------------------------------------
+# batched log-probabilities of continuations (make_logprob_kernel / continuation_logprobs)
+
+
+def test_continuation_logprobs_match_exact_sequence_logprob():
+    lm = FakeLM(np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.25, 0.25, 0.5]]), symbols="ab")
+    # row j = logits of the token after ids[:, j] (a bigram); shifted by 3 to check the renormalisation
+    logits_fn = lambda log_p, ids: log_p[ids] + 3.0  # noqa: E731
+    prompt = [1, 2, 1]
+    conts = [[], [2], [1, 1, 2, 1], [2, 2, 2, 1, 2]]
+    with_eos = lm_mod.continuation_logprobs(lm_mod.make_logprob_kernel(logits_fn, lm.tokenizer.eos_ids), lm.log_p,
+                                            prompt, conts, length=12, pad_id=2, batch=3)
+    plain = lm_mod.continuation_logprobs(lm_mod.make_logprob_kernel(logits_fn), lm.log_p, prompt, conts, length=16,
+                                         batch=8, with_eos=False)
+    for c, got, got_plain in zip(conts, with_eos, plain):
+        # the continuation, then EOS (id 0): its log-probability as a complete string
+        assert got == pytest.approx(lm.sequence_logprob(prompt, c + [0]), abs=1e-5)
+        assert got_plain == pytest.approx(lm.sequence_logprob(prompt, c), abs=1e-5)
+    with pytest.raises(ValueError):
+        lm_mod.continuation_logprobs(lm_mod.make_logprob_kernel(logits_fn), lm.log_p, prompt, [[1] * 20], length=8)

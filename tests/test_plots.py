@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import smcscale as smc  # noqa: E402
-from smcscale import plots  # noqa: E402
+from smcscale.workflow import plots  # noqa: E402
 from smcscale.models import lgssm  # noqa: E402
 
 # ancestors[t][i] = parent at t-1 of particle i at t

@@ -24,6 +24,7 @@ from smcscale import learning as L
 from smcscale.models import lgssm
 from smcscale.ppg import PPGResult, ppg, ppg_sweep, score_climbing
 from smcscale.smoothing import paris
+from smcscale.stats import batch_means_se
 
 RHO, SX, SY = 0.9, 1.0, 0.2
 
@@ -44,12 +45,6 @@ def _data(T, seed=5):
     cross = np.asarray(sm.smoothed_cross_covs[:, 0, 0], np.float64)  # Cov[x_{t+1}, x_t | y]
     exact = {"s": m.sum(), "c": (cross + m[1:] * m[:-1]).sum()}
     return ys, exact
-
-
-def _batch_means_se(chain, num_batches=40):
-    n = (chain.shape[0] // num_batches) * num_batches
-    b = chain[:n].reshape(num_batches, -1).mean(1)
-    return b.std(ddof=1) / np.sqrt(num_batches)
 
 
 FK = smc.bootstrap(lgssm.univariate(RHO, SX, SY))
@@ -78,7 +73,7 @@ def test_ppg_matches_the_kalman_smoother(label, kwargs):
     assert int(np.asarray(r.num_invalid).sum()) == 0
     for k in ("s", "c"):
         chain = np.asarray(r.estimates[k], np.float64)[burn:]
-        se = _batch_means_se(chain)
+        se = batch_means_se(chain, 40)
         err = chain.mean() - exact[k]
         assert abs(err) < 4 * se + 1e-3, f"{label} {k}: PPG {chain.mean():.3f} vs Kalman {exact[k]:.3f} (se {se:.3f})"
         np.testing.assert_allclose(float(r.estimate[k]), chain.mean(), rtol=1e-5, atol=1e-4)

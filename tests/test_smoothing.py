@@ -182,15 +182,18 @@ def test_paris_matches_kalman_smoother(data, method, kappa):
     assert res.log_z.shape == (runs,) and np.isfinite(np.asarray(res.log_z)).all()
 
 
-def test_paris_step_pieces_compose(data):
-    """paris_init / paris_step / paris_update are the public pieces a PPG sweep reuses."""
-    fk, ys = _bootstrap(), data["ys"]
-    cfg = smc.SMCConfig(64, 1.0, "systematic")
-    state, _ = jax.jit(lambda k, u: sm.paris_init(k, fk, u, cfg, additive))(jax.random.key(0), ys[0])
-    step = jax.jit(lambda k, s, u: sm.paris_step(k, fk, s, u, cfg, additive))
-    for t in range(1, 4):
-        state, info = step(jax.random.key(t), state, ys[t])
-    assert state.tau["s1"].shape == (64,)
+def test_paris_hook_composes_with_the_driver(data):
+    """paris_hook / paris_update are the public pieces a PPG sweep reuses: the hook on
+    smc.run gives the same tau and estimate as smoothing.paris (same driver, same keys)."""
+    fk, ys = _bootstrap(), data["ys"][:6]
+    hook = sm.paris_hook(fk, additive)
+    assert sm.paris_hook(fk, additive) is hook  # equal arguments, same hook: no recompilation
+    res = smc.run(jax.random.key(0), fk, ys, 64, ess_threshold=1.0, hook=hook)
+    ref = sm.paris(jax.random.key(0), fk, ys, 64, additive, ess_threshold=1.0)
+    assert res.extra["s1"].shape == (64,)
+    np.testing.assert_array_equal(np.asarray(res.extra["s1"]), np.asarray(ref.tau["s1"]))
+    est = sm.weighted_sum(res.extra, res.log_weights)
+    np.testing.assert_allclose(np.asarray(est["s2"]), np.asarray(ref.estimate["s2"]), rtol=1e-6)
     # paris_update with exact draws on a population of size 1 is deterministic
     update = jax.jit(lambda k, xp, lw, tp, x, u: sm.paris_update(k, fk, xp, lw, tp, x, u, additive, method="exact"))
     tau = update(

@@ -377,3 +377,38 @@ def test_check_implies_prefix_ok(task):
     for s in samples:
         if task.check(s):
             assert task.prefix_ok(s)
+
+
+WC_TOKENS = ["<eos>", "<ctl>", " the", "cat", "ing", ", ", ".", " --", "--", " 3", "\n\n", "", "a b", " x-y", "'s",
+             " .", "é", " "]
+
+
+def test_word_count_mask_is_exact():
+    import numpy as np
+
+    forbidden = np.zeros(len(WC_TOKENS), bool)
+    forbidden[1] = True
+    wc = C.WordCountMask(WC_TOKENS, forbidden=forbidden, eos_ids=[0])
+    prefixes = ["", " ", "The", "The cat", "The cat ", "The cat,", "--", " -- ", "a b c d", "one two three.", "x\n\n"]
+    for text in prefixes:
+        for k in (1, 2, 3, 4, 5):
+            m = wc.mask(text, k)
+            c = C.count_words(text)
+            for v, s in enumerate(WC_TOKENS):
+                if v == 0:
+                    assert m[v] == (c == k), (text, k)
+                elif v == 1:
+                    assert not m[v]
+                else:
+                    assert m[v] == (C.count_words(text + s) <= k), (text, k, s)
+
+
+def test_programmatic_prm_object():
+    p = A.load_split("dev")[0]
+    steps = ["  2 + 3 = 5\n\n", "5 * 2 = 11\n\n", f"so \\boxed{{{p.answer}}}"]
+    prm = A.ProgrammaticPRM()
+    for t in range(1, len(steps) + 1):
+        assert prm.score_prefix("ignored", steps[:t]) == A.programmatic_prm_score(None, [s.strip() for s in steps[:t]])
+    assert prm.score_prefix("", steps[:2]) == pytest.approx(A.SCORE_WRONG)
+    oracle = A.ProgrammaticPRM(p, use_answer=True)
+    assert oracle.score_prefix("", steps) == pytest.approx(A.SCORE_ANSWER_RIGHT)

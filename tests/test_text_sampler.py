@@ -15,11 +15,15 @@ import math
 import numpy as np
 import pytest
 
+from smcscale.tasks.constraints import lipogram_constraint
 from smcscale.text import FakeLM
-from smcscale.text.potentials import PRMAdapter, StepPotential, TokenConstraint, lipogram_constraint, logit
+from smcscale.text.potentials import PRMAdapter, StepPotential, TokenConstraint, logit
 from smcscale.text.sampler import (
     GenerationConfig,
     Trajectory,
+    as_key,
+    boxed_answer,
+    check_count,
     has_boxed,
     majority_vote,
     parallel_tempering,
@@ -462,6 +466,12 @@ def test_prm_protocols_and_aggregations():
 
 def test_answer_rules():
     assert has_boxed(r"so \boxed{12}.") and not has_boxed(r"\boxed{1") and has_boxed(r"\boxed{\frac{1}{2}}")
+    # the default answer_fn: the last complete \boxed{...} content, stripped; task-neutral
+    assert boxed_answer(r"so \boxed{ 12 }.") == "12" and boxed_answer(r"\boxed{1") is None
+    assert boxed_answer(r"\boxed{3} then \boxed{\frac{1}{2}} and \boxed{4") == r"\frac{1}{2}"
+    assert boxed_answer("the answer is 7") is None
+    for text in (r"so \boxed{12}.", r"\boxed{1", r"a \boxed {x} b", "none"):
+        assert (boxed_answer(text) is not None) == has_boxed(text)
     assert majority_vote([1, 2, 2, None, None, None]) == 2
     assert majority_vote([None]) is None and majority_vote([3, 4]) == 3  # ties: first seen
     assert weighted_majority_vote([1, 2, 2], [0.5, 0.2, 0.2]) == 1
@@ -587,7 +597,7 @@ def test_compaction_drops_finished_rows_and_counts_exactly(compact_rows):
 
 def test_particle_filter_on_smollm2_plumbing():
     from smcscale.text import ModelNotFoundError, load_default_lm
-    from smcscale.text.potentials import ProgrammaticPRM
+    from smcscale.tasks.arithmetic import ProgrammaticPRM
 
     try:
         lm = load_default_lm()
@@ -603,3 +613,49 @@ def test_particle_filter_on_smollm2_plumbing():
     assert all(len(s) <= 2 for s in res.steps) and res.resampled[:-1].all()
     for toks, steps in zip(res.token_ids, res.steps):
         assert lm.tokenizer.decode(toks).startswith(steps[0][:1])
+
+
+# ---------------------------------------------------------------------------------------
+# layering: the text front end knows no task; shared engine pieces are public
+
+
+def test_text_does_not_import_tasks():
+    import ast
+    import pathlib
+
+    import smcscale.text
+
+    root = pathlib.Path(smcscale.text.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = ("." * node.level) + (node.module or "")
+                assert "tasks" not in mod.split("."), f"{path.name}:{node.lineno} imports {mod}"
+            elif isinstance(node, ast.Import):
+                assert not any("tasks" in a.name.split(".") for a in node.names), f"{path.name}:{node.lineno}"
+
+
+def test_default_answer_is_the_boxed_content():
+    lm = FakeLM(P, SYM)
+    cfg = GenerationConfig(step_tokens=1, max_new_tokens=3, max_steps=3, answer_pattern=None)
+    res = particle_filter(lm, lambda c, s: 0.5, "a", 4, config=cfg, key=0)
+    assert res.answers == [boxed_answer(t) for t in res.texts] == [None] * 4  # "ab" texts have no \boxed{}
+
+
+def test_shared_helpers():
+    import jax
+
+    from smcscale.text.potentials import as_step_potential
+
+    pot = StepPotential(lambda c, s: 0.5, aggregation="min")
+    assert as_step_potential(pot, "last", "paper", 2.0) is pot  # its own settings win
+    made = as_step_potential(lambda c, s: 0.5, "prod", "paper", 0.5)
+    assert (made.aggregation, made.mode, made.temperature) == ("prod", "paper", 0.5)
+    assert check_count(3) == 3 and check_count(np.int64(2), minimum=2) == 2
+    for bad in (0, True, 2.0, "3"):
+        with pytest.raises(ValueError, match="num_beams must be an int >= 1"):
+            check_count(bad, "num_beams")
+    k = as_key(7)
+    assert jax.random.key_data(k).tolist() == jax.random.key_data(jax.random.key(7)).tolist()
+    assert as_key(k) is k and as_key(None).shape == ()
+    np.testing.assert_array_equal(jax.random.key_data(as_key(jax.random.key_data(k))), jax.random.key_data(k))

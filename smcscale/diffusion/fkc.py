@@ -96,6 +96,7 @@ import numpy as np
 from ..fk import FeynmanKac
 from ..resampling import get_resampler
 from ..smc import SMCResult, run
+from ..static import Uncacheable, static_key
 from .scores import denoise
 from .sde import SDE, get_sde
 
@@ -115,6 +116,18 @@ __all__ = [
     "integrate",
     "diffusion_fk",
     "NOISES",
+    "ON_DEGENERATE",
+    "as_target",
+    "infer_dim",
+    "check_scores",
+    "check_scores_once",
+    "denoise_target",
+    "describe_score",
+    "euler_stability",
+    "diagnose",
+    "Diagnostics",
+    "DiffusionDiagnosticWarning",
+    "DiffusionDiagnosticError",
 ]
 
 NOISES = ("target", "tempered")
@@ -124,12 +137,54 @@ NOISES = ("target", "tempered")
 # targets
 
 
+def _condition_key(condition):
+    """The key a condition is compared by (see :class:`Expert`), or ``None`` when it has none."""
+    try:
+        return static_key(condition)
+    except Uncacheable:
+        return None
+
+
 class Expert(NamedTuple):
-    """One factor ``q_t(x | condition)^beta`` of a target."""
+    """One factor ``q_t(x | condition)^beta`` of a target.
+
+    Equality and hashing (so that a target can be a static argument of ``jax.jit`` and the
+    compiled sampler is reused): two experts are equal when their score models are equal
+    (``==``; identity for functions: keep your score object), their ``beta`` are equal and
+    their conditions are equal **by value** — numbers, strings and ``None`` by value and
+    type, concrete NumPy/JAX arrays of at most :data:`smcscale.static.MAX_ARRAY_ELEMENTS`
+    elements by shape, dtype and contents (``1``, ``np.int32(1)`` and ``jnp.asarray(1)``
+    differ: they trace differently). Any other condition (a traced value under
+    ``jit``/``vmap``, a larger array) is compared by identity and makes the expert
+    unhashable: such a target is built afresh on each call (inside an outer ``jit`` that is
+    simply part of its trace).
+    """
 
     score: Callable
     beta: float
     condition: Any = None
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, Expert):
+            return NotImplemented
+        if not (self.score is other.score or bool(self.score == other.score)) or not bool(self.beta == other.beta):
+            return False
+        if self.condition is other.condition:
+            return True
+        k = _condition_key(self.condition)
+        return k is not None and k == _condition_key(other.condition)
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self):
+        k = _condition_key(self.condition)
+        if k is None:
+            raise TypeError(f"unhashable Expert: its condition ({type(self.condition).__name__}) is traced or a large array")
+        return hash((Expert, self.score, self.beta, k))
 
 
 class RewardTilt(NamedTuple):
@@ -153,6 +208,16 @@ class Target(NamedTuple):
     @property
     def num_experts(self) -> int:
         return len(self.experts)
+
+    @property
+    def hashable(self) -> bool:
+        """Whether this target can be a static argument of ``jax.jit`` (see :class:`Expert`):
+        ``False`` when a condition is traced or a large array, or a model is unhashable."""
+        try:
+            hash(self)
+        except TypeError:
+            return False
+        return True
 
 
 def _check_beta(beta, what):
@@ -227,10 +292,16 @@ def reward_tilt(base, reward: Callable, beta: float) -> Target:
         base = Target((Expert(base, 1.0, None),), None, "q")
     if base.tilt is not None:
         raise ValueError("the base target already has a reward tilt")
-    return base._replace(tilt=RewardTilt(reward, beta), name=f"{base.name}*exp({beta:g} r)")
+    return Target(base.experts, RewardTilt(reward, beta), f"{base.name}*exp({beta:g} r)")
 
 
-def _as_target(target) -> Target:
+def as_target(target, *, allow_score: bool = False) -> Target:
+    """Validate ``target`` (a :class:`Target`: finite nonzero exponents, total ``B > 0``,
+    callable score models) and return it; raises ``TypeError``/``ValueError`` naming what is
+    wrong. With ``allow_score=True`` a bare score model is accepted as ``anneal(score, 1.0)``
+    (the steering and search functions sample a score model as is)."""
+    if allow_score and not isinstance(target, Target) and callable(target):
+        target = anneal(target, 1.0)
     if isinstance(target, Target):
         if not target.experts:
             raise ValueError("the target has no experts")
@@ -281,6 +352,23 @@ def _groups(target: Target):
     return tuple(out)
 
 
+def describe_score(score) -> str:
+    """A short name of a score model for messages: a function's qualified name, else its ``repr``."""
+    name = getattr(score, "__qualname__", None)
+    if isinstance(name, str) and not isinstance(score, type) and callable(score) and hasattr(score, "__code__"):
+        return name
+    return repr(score)
+
+
+def _shape_error(i, score, got, xshape, t, batched=False):
+    what = f"the batched call of expert(s) {i}" if batched else f"expert {i}"
+    return ValueError(
+        f"score model {describe_score(score)} of {what} returned shape {got} for x of shape {xshape}"
+        + (f" at t={t:g}" if isinstance(t, float) else "")
+        + f": expected shape {xshape} (N, d): one score per particle, the shape of x"
+    )
+
+
 def _eval_scores(target: Target, groups, x, t):
     n = x.shape[0]
     scores: list = [None] * target.num_experts
@@ -291,13 +379,26 @@ def _eval_scores(target: Target, groups, x, t):
                 c = target.experts[i].condition
                 c = model.null_condition if c is None else c
                 conds.append(jnp.broadcast_to(jnp.asarray(c), (n,)))
-            out = model(jnp.concatenate([x] * len(idx), 0), t, jnp.concatenate(conds, 0))
+            xs = jnp.concatenate([x] * len(idx), 0)
+            out = model(xs, t, jnp.concatenate(conds, 0))
+            if getattr(out, "shape", None) != xs.shape:  # static shapes: checked at trace time, free
+                raise _shape_error(list(idx), model, getattr(out, "shape", None), xs.shape, t, batched=True)
             for j, i in enumerate(idx):
                 scores[i] = out[j * n : (j + 1) * n]
         else:
             i = idx[0]
-            scores[i] = model(x, t, target.experts[i].condition)
+            out = model(x, t, target.experts[i].condition)
+            if getattr(out, "shape", None) != x.shape:
+                raise _shape_error(i, model, getattr(out, "shape", None), x.shape, t)
+            scores[i] = out
     return scores
+
+
+def denoise_target(target: Target, sde: SDE, x, t):
+    """Tweedie estimate ``x̂_0 = (x + σ_t² S/B) / α_t`` of each row of ``x`` ``(N, d)`` at time
+    ``t`` from the combined score ``S = Σ β_i s_i`` of ``target`` (``S/B`` is the score of
+    ``Π q_i^{β_i/B}``); one batched call per score model. Pure and jittable."""
+    return _fields(target, _groups(target), sde, "target", x, t, t, weights=False).x0hat
 
 
 class _Fields(NamedTuple):
@@ -530,17 +631,40 @@ def _kappa(resample) -> float:
     return k
 
 
-def _infer_dim(target: Target, dim):
+def _declared_dim(score):
+    for obj in (score, getattr(score, "mixture", None)):
+        d = getattr(obj, "dim", None)
+        if isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+            return int(d)
+    return None
+
+
+def infer_dim(target: Target, dim=None) -> int:
+    """The dimension ``d`` of ``x``: ``dim`` if given, else the integer ``dim`` attribute of a
+    score model (or of its ``mixture``: analytic models; :func:`~smcscale.diffusion.scores.from_eps`
+    and ``from_x0`` pass on their network's ``dim``).
+
+    Raises ``ValueError`` when ``dim`` is not an int ``>= 1``, when it disagrees with a
+    model's declared ``dim``, or when nothing declares it (a plain function maps ``(N, d)``
+    to ``(N, d)`` for any ``d``, so its dimension cannot be read off it): the message names
+    the score models and says to pass ``dim=`` or set ``score.dim``."""
+    declared = [(i, e.score, _declared_dim(e.score)) for i, e in enumerate(target.experts)]
     if dim is not None:
-        if int(dim) < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1 (the dimension d of x), got {dim!r}")
+        for i, score, d in declared:
+            if d is not None and d != int(dim):
+                raise ValueError(f"dim={int(dim)} but the score model {describe_score(score)} of expert {i} declares dim {d}")
         return int(dim)
-    for e in target.experts:
-        for obj in (e.score, getattr(e.score, "mixture", None)):
-            d = getattr(obj, "dim", None)
-            if isinstance(d, (int, np.integer)):
-                return int(d)
-    raise ValueError("cannot tell the dimension of x from the score models: pass dim=")
+    for _, _, d in declared:
+        if d is not None:
+            return d
+    names = ", ".join(sorted({describe_score(score) for _, score, _ in declared}))
+    raise ValueError(
+        f"cannot infer the dimension d of x: no score model declares it (checked the integer `dim` attribute of "
+        f"{names} and of its `mixture`; a plain function maps (N, d) to (N, d) for any d). "
+        "Pass dim=d (e.g. dm.sample(key, target, sde, N, K, dim=2)) or set score.dim = d"
+    )
 
 
 def check_scores(target: Target, sde: SDE, dim: int, num_particles: int, key=None) -> None:
@@ -554,29 +678,30 @@ def check_scores(target: Target, sde: SDE, dim: int, num_particles: int, key=Non
     for t in (float(sde.T), float(sde.t_min)):
         xt = x if t == float(sde.T) else 0.1 * x
         for i, e in enumerate(target.experts):
+            name = describe_score(e.score)
             try:
                 s = e.score(xt, jnp.float32(t), e.condition)
             except Exception as exc:  # a clear message naming the model, then the original error
-                raise ValueError(f"score model of expert {i} ({e.score!r}) failed on x of shape {xt.shape} at t={t:g}: {exc}") from exc
+                raise ValueError(f"score model {name} of expert {i} failed on x of shape {xt.shape} at t={t:g}: {exc}") from exc
             shape = getattr(s, "shape", None)
             if shape != xt.shape:
-                raise ValueError(
-                    f"score model of expert {i} ({e.score!r}) returned shape {shape} for x of shape {xt.shape} "
-                    f"at t={t:g}; a score model must return one score per particle, shape (N, d)"
-                )
+                raise _shape_error(i, e.score, shape, xt.shape, t)
             if isinstance(s, jax.core.Tracer):
                 continue
             s = np.asarray(s)
             if not np.all(np.isfinite(s)):
                 bad = int(np.sum(~np.all(np.isfinite(s), axis=-1)))
                 raise ValueError(
-                    f"score model of expert {i} ({e.score!r}) returned NaN or inf for {bad} of {xt.shape[0]} "
+                    f"score model {name} of expert {i} returned NaN or inf for {bad} of {xt.shape[0]} "
                     f"particles at t={t:g}"
                 )
     if target.tilt is not None:
         r = target.tilt.reward(x)
         if getattr(r, "shape", None) != (num_particles,):
-            raise ValueError(f"reward must return shape ({num_particles},) (one value per particle), got {getattr(r, 'shape', None)}")
+            raise ValueError(
+                f"reward {describe_score(target.tilt.reward)} returned shape {getattr(r, 'shape', None)} for x of shape "
+                f"{x.shape}: expected ({num_particles},) (one value per particle)"
+            )
 
 
 def _check_noise(noise, target: Target, sde: SDE):
@@ -645,7 +770,11 @@ def _has_tracer(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def _check_once(target, sde, dim, n):
+def check_scores_once(target: Target, sde: SDE, dim: int, num_particles: int) -> None:
+    """:func:`check_scores`, once per equal ``(target, sde, dim, num_particles)`` (remembered
+    for hashable targets); skipped when a condition is traced (its values are unknown), and
+    run with concrete values even when the caller is traced. What ``check=True`` does."""
+    n = num_particles
     if _has_tracer([e.condition for e in target.experts]):
         return  # conditions traced (e.g. sample() vmapped over classes): values unknown here
     try:
@@ -659,6 +788,205 @@ def _check_once(target, sde, dim, n):
         check_scores(target, sde, dim, n)
     if k is not None:
         _CHECKED[k] = True
+
+
+# ---------------------------------------------------------------------------------------
+# diagnostics: degenerate runs
+
+
+ON_DEGENERATE = ("warn", "raise", "ignore")
+
+#: a step of the plain Euler–Maruyama move is unstable when ``h |∂drift/∂x| > 2`` (see :func:`euler_stability`)
+STABILITY_LIMIT = 2.0
+#: :func:`diagnose` flags a run whose ESS fell below ``max(ESS_MIN, ESS_FRACTION · N)``
+ESS_MIN, ESS_FRACTION = 2.0, 0.01
+#: samples farther than ``RANGE_PRIOR_STDS · sqrt(v) + data extent`` from 0 are implausible
+RANGE_PRIOR_STDS, RANGE_DATA_STDS = 10.0, 10.0
+
+
+class DiffusionDiagnosticWarning(UserWarning):
+    """:func:`sample` found its run degenerate (see :func:`diagnose`): the samples and ``log Ẑ``
+    are unreliable. ``on_degenerate="raise"`` turns it into :class:`DiffusionDiagnosticError`."""
+
+
+class DiffusionDiagnosticError(RuntimeError):
+    """Raised by :func:`sample` with ``on_degenerate="raise"`` for a degenerate run."""
+
+
+def euler_stability(target: Target, sde, num_steps: int, noise: str = "target"):
+    """Stability of the Euler–Maruyama moves of :func:`sample` on the grid of ``num_steps`` steps.
+
+    The move ``x ← x + h (−f + c S)`` (``c = (g² + σ²)/2``, ``S = Σ β_i s_i``) is linearised at
+    unit-variance data, the assumption behind the SDE's prior: ``s_i ≈ −x / (α_t² + σ_t²)``,
+    so ``∂drift/∂x ≈ J_t = λ_t/2 − c_t B / (α_t² + σ_t²)``. Explicit Euler multiplies a
+    deviation by ``1 + h J_t`` per step: when ``h |J_t| > 2`` (and ``J_t < 0``) the move
+    overshoots and grows instead of contracting, and the samples explode (VP, ``q^3``: 10
+    steps land at ``|x| ≈ 90``). At ``t = T`` the linearisation is exact for any data (the
+    noised law is the prior), elsewhere it is a guide (narrower data is stiffer).
+
+    Returns ``(ratio, min_steps)``: ``ratio = max_k h_k max(0, −J_{t_k})`` over the grid
+    (unstable if ``> 2``) and, when it is, the smallest ``num_steps`` for which it is
+    ``<= 2`` (``None`` when the given grid is stable).
+    """
+    sde = get_sde(sde)
+    b = target.total_beta
+    if noise not in NOISES:
+        raise ValueError(f"unknown noise {noise!r}; choose one of {list(NOISES)}")
+
+    def ratio(k):
+        h, lam, g2, var = _grid_coefficients(sde, k)
+        sig2 = g2 if noise == "target" else g2 / b
+        jac = 0.5 * lam - 0.5 * (g2 + sig2) * b / var
+        return float(np.max(h * np.maximum(0.0, -jac)))
+
+    r = ratio(int(num_steps))
+    if r <= STABILITY_LIMIT:  # the smallest stable K is at most this one: search it only when needed
+        return r, None
+    lo, hi = 1, max(int(num_steps), 1)
+    while ratio(hi) > STABILITY_LIMIT and hi < 1 << 20:
+        lo, hi = hi, hi * 2
+    while lo < hi:  # smallest k with ratio(k) <= limit (ratio decreases with k)
+        mid = (lo + hi) // 2
+        if ratio(mid) <= STABILITY_LIMIT:
+            hi = mid
+        else:
+            lo = mid + 1
+    return r, hi
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_coefficients(sde: SDE, num_steps: int):
+    """``(h_k, λ, g², α² + σ²)`` at the left points of the grid, float64 numpy (cached per grid)."""
+    grid = np.asarray(sde.time_grid(num_steps), np.float64)
+    t = grid[:-1]
+    with jax.ensure_compile_time_eval():
+        ts = jnp.asarray(t, jnp.float32)
+        lam = np.asarray(sde.lam(ts), np.float64) * np.ones_like(t)
+        g2 = np.asarray(sde.g2(ts), np.float64) * np.ones_like(t)
+        var = np.asarray(sde.alpha(ts), np.float64) ** 2 + np.asarray(sde.sigma(ts), np.float64) ** 2
+    return grid[:-1] - grid[1:], lam, g2, var
+
+
+def _data_extent(target: Target) -> float:
+    """``max_k ‖μ_k‖_∞ + RANGE_DATA_STDS · max_k std_k`` over the analytic models' mixtures (0 if none)."""
+    ext = 0.0
+    for e in target.experts:
+        q = getattr(e.score, "mixture", None)
+        means, covs = getattr(q, "means", None), getattr(q, "covs", None)
+        if means is None or covs is None or _has_tracer([means, covs]):
+            continue
+        m = np.abs(np.asarray(means, np.float64)).max()
+        sd = np.sqrt(np.max(np.diagonal(np.asarray(covs, np.float64), axis1=-2, axis2=-1)))
+        ext = max(ext, float(m + RANGE_DATA_STDS * sd))
+    return ext
+
+
+class Diagnostics(NamedTuple):
+    """What :func:`diagnose` found. ``problems`` is empty for a healthy run.
+
+    Attributes:
+      min_ess: smallest ESS over the steps (and over replicates of a batched result), and the
+        step ``min_ess_step`` where it occurred (``-1`` for a batched result).
+      ess_floor: ``max(2, 0.01 N)``.
+      max_abs: largest ``|x_j|`` over the samples (``inf`` if any is not finite); ``bound``
+        the plausible range ``10 sqrt(v) + data extent``.
+      finite: samples, log-weights and ``log Ẑ`` all finite.
+      stability_ratio, min_stable_steps: from :func:`euler_stability`.
+      problems: one sentence per rule that failed.
+    """
+
+    min_ess: float
+    min_ess_step: int
+    ess_floor: float
+    max_abs: float
+    bound: float
+    finite: bool
+    stability_ratio: float
+    min_stable_steps: int
+    problems: tuple
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _stability_problem(ratio, min_steps, num_steps):
+    return (
+        f"Euler–Maruyama is unstable at this step size: with K = {num_steps} steps a step has "
+        f"h |d drift/dx| = {ratio:.3g} > {STABILITY_LIMIT:g} (linearised at unit-variance data, see "
+        f"euler_stability), so the moves overshoot and grow; use num_steps >= {min_steps} (the weights "
+        "usually need more)"
+    )
+
+
+def diagnose(result: DiffusionResult, target: Target, sde, noise: str = "target") -> Diagnostics:
+    """Check a :func:`sample` result for degeneracy; :func:`sample` calls it (``on_degenerate``).
+
+    A run is **degenerate** when any of these holds (each adds a sentence to ``problems``):
+
+    * **ESS collapse**: the ESS fell below ``max(2, 0.01 N)`` at some step (the engine's ESS
+      after each reweighting; with ``resample="never"`` that is the final ESS): the
+      population then descends from a handful of particles and ``log Ẑ`` is dominated by
+      one weight;
+    * **non-finite** samples, log-weights or ``log Ẑ``;
+    * **out of range**: a sample with ``|x_j| > 10 sqrt(v) + E``, where ``v`` is the SDE's
+      prior variance (the prior ``N(0, v I)`` has ``|x_j| > 10 sqrt(v)`` with probability
+      ``< 1e-22`` per coordinate, and the reverse SDE maps it to data of that scale) and
+      ``E = max_k ‖μ_k‖_∞ + 10 max_k std_k`` for analytic (mixture) score models, else 0;
+    * **unstable steps**: :func:`euler_stability` gives ``h |J| > 2`` on the grid.
+
+    ``result`` may be batched (from ``jax.vmap``): the rules then apply over all replicates.
+    ``noise`` is the one the run used. Needs concrete values (call it outside ``jit``).
+    """
+    target = as_target(target)
+    sde = get_sde(sde)
+    x = np.asarray(result.samples, np.float64)
+    ess = np.asarray(result.ess, np.float64)
+    n = x.shape[-2]
+    k = int(np.asarray(result.times).shape[-1]) - 1
+    floor = max(ESS_MIN, ESS_FRACTION * n)
+    flat = ess.reshape(-1, ess.shape[-1])
+    min_ess = float(np.nanmin(ess)) if np.isfinite(ess).any() else float("nan")
+    step = int(np.nanargmin(flat[0])) if flat.shape[0] == 1 and np.isfinite(flat).any() else -1
+    finite = bool(np.isfinite(x).all() and np.isfinite(np.asarray(result.log_weights)).all() and np.isfinite(np.asarray(result.log_z)).all())
+    max_abs = float(np.abs(x).max()) if np.isfinite(x).all() else float("inf")
+    bound = RANGE_PRIOR_STDS * math.sqrt(sde.prior_var()) + _data_extent(target)
+    ratio, min_steps = euler_stability(target, sde, k, noise)
+    problems = []
+    if not np.isfinite(ess).all() or min_ess < floor:
+        where = f" at step {step} (t = {float(np.asarray(result.times).reshape(-1, k + 1)[0, step]):.3g})" if step >= 0 else ""
+        problems.append(
+            f"the ESS fell to {min_ess:.3g} of N = {n} particles{where}, below max({ESS_MIN:g}, {ESS_FRACTION:g} N) = {floor:g}: "
+            "the population descends from a few particles and log Z is dominated by one weight"
+        )
+    if not finite:
+        problems.append("some samples, log-weights or log Z are NaN or infinite")
+    if max_abs > bound:
+        out = int(np.sum(np.abs(x).max(-1) > bound)) if np.isfinite(x).all() else int(np.sum(~np.isfinite(x).all(-1)))
+        problems.append(
+            f"{out} of {x.reshape(-1, x.shape[-1]).shape[0]} samples lie outside the plausible range |x_j| <= {bound:.3g} "
+            f"(10 prior stds + the data extent; max |x_j| = {max_abs:.3g})"
+        )
+    if ratio > STABILITY_LIMIT:
+        problems.append(_stability_problem(ratio, min_steps, k))
+    return Diagnostics(min_ess, step, floor, max_abs, bound, finite, ratio, min_steps, tuple(problems))
+
+
+def _check_on_degenerate(on_degenerate):
+    if on_degenerate not in ON_DEGENERATE:
+        raise ValueError(f"on_degenerate must be one of {list(ON_DEGENERATE)}, got {on_degenerate!r}")
+
+
+def _report(problems, on_degenerate, stacklevel):
+    if not problems or on_degenerate == "ignore":
+        return
+    msg = (
+        "dm.sample: the run is degenerate, its samples and log Z are unreliable: " + "; ".join(problems)
+        + ". (on_degenerate='raise' makes this an error, 'ignore' silences it)"
+    )
+    if on_degenerate == "raise":
+        raise DiffusionDiagnosticError(msg)
+    warnings.warn(msg, DiffusionDiagnosticWarning, stacklevel=stacklevel + 1)
 
 
 def sample(
@@ -677,6 +1005,7 @@ def sample(
     resampling="systematic",
     potential=None,
     check: bool = True,
+    on_degenerate: str = "warn",
 ) -> DiffusionResult:
     """Sample ``target`` with Euler–Maruyama moves and FKC weights on the SMC engine.
 
@@ -695,8 +1024,22 @@ def sample(
       potential: an extra potential (:class:`smcscale.diffusion.steering.FKSteering`).
       check: validate the score models eagerly (shape, NaN) once before sampling, and let
         the engine raise on NaN weights when called eagerly.
+      on_degenerate: what to do with a degenerate run (the rules of :func:`diagnose`: the ESS
+        fell below ``max(2, 0.01 N)`` at some step; non-finite samples, weights or ``log Ẑ``;
+        a sample with ``|x_j| > 10 sqrt(v) + E``, ``v`` the prior variance and ``E`` the
+        extent of analytic mixtures; Euler–Maruyama steps past their stability bound,
+        :func:`euler_stability`): ``"warn"`` (default) emits a
+        :class:`DiffusionDiagnosticWarning`, ``"raise"`` raises
+        :class:`DiffusionDiagnosticError` (before running, for unstable steps), ``"ignore"``
+        does neither. Under ``jit``/``vmap`` only the step-size rule can be checked (at trace
+        time); call :func:`diagnose` on the returned result for the rest.
+
+    The score models must return ``(N, d)`` for ``x`` of shape ``(N, d)``; a wrong shape is a
+    ``ValueError`` naming the model and both shapes. ``d`` is inferred from the models
+    (:func:`infer_dim`); pass ``dim=`` for plain functions.
     """
-    target = _as_target(target)
+    _check_on_degenerate(on_degenerate)
+    target = as_target(target)
     sde = get_sde(sde)
     if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
         raise ValueError(f"num_particles must be an int >= 1, got {num_particles!r}")
@@ -705,15 +1048,18 @@ def sample(
     num_particles, num_steps = int(num_particles), int(num_steps)
     _check_noise(noise, target, sde)
     kappa = _kappa(resample)
-    d = _infer_dim(target, dim)
+    d = infer_dim(target, dim)
     if check:
-        _check_once(target, sde, d, num_particles)
+        check_scores_once(target, sde, d, num_particles)
     grid = np.asarray(sde.time_grid(num_steps), np.float64)
     release = _release_mask(grid, resample_every, window)
     pmask = potential.schedule(num_steps) if potential is not None else np.zeros(len(grid), bool)
     inputs, grid = _grid_inputs(sde, num_steps, release, pmask)
     exact_init = all(hasattr(e.score, "log_prob") for e in target.experts)
     opts = _Options(noise, bool(fkc), d, num_particles, exact_init)
+    ratio, min_steps = euler_stability(target, sde, num_steps, noise)
+    if ratio > STABILITY_LIMIT and on_degenerate == "raise":  # fail before running
+        _report([_stability_problem(ratio, min_steps, num_steps)], on_degenerate, 2)
     fk = _build(target, sde, opts, potential)
     res = run(
         key, fk, inputs, num_particles, ess_threshold=kappa, resampling=_keep_uniform(resampling),
@@ -728,7 +1074,7 @@ def sample(
     calls = num_steps * len(groups)
     verifier = num_particles * ((num_steps if target.tilt is not None else 0) + (int(np.sum(pmask)) if potential is not None else 0))
     p = res.particles
-    return DiffusionResult(
+    out = DiffusionResult(
         samples=p.x,
         log_weights=res.log_weights,
         log_z=res.log_z,
@@ -742,6 +1088,13 @@ def sample(
         rewards=p.reward,
         smc=res,
     )
+    if on_degenerate != "ignore":
+        if isinstance(res.ess, jax.core.Tracer):  # values unknown under jit / vmap: the static rule only
+            if ratio > STABILITY_LIMIT:
+                _report([_stability_problem(ratio, min_steps, num_steps)], on_degenerate, 2)
+        else:
+            _report(diagnose(out, target, sde, noise).problems, on_degenerate, 2)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -769,11 +1122,13 @@ def integrate(key, target: Target, sde: SDE, x, times, *, noise: str = "target",
     return x
 
 
-@functools.partial(jax.jit, static_argnames=("target", "sde", "num_particles", "num_steps", "dim", "noise", "ode"))
-def _plain_jit(key, *, target, sde, num_particles, num_steps, dim, noise, ode):
+def _plain(key, *, target, sde, num_particles, num_steps, dim, noise, ode):
     k0, k1 = jax.random.split(key)
     x = jnp.sqrt(sde.prior_var() / target.total_beta) * jax.random.normal(k0, (num_particles, dim), jnp.float32)
     return integrate(k1, target, sde, x, jnp.asarray(sde.time_grid(num_steps), jnp.float32), noise=noise, ode=ode)
+
+
+_plain_jit = jax.jit(_plain, static_argnames=("target", "sde", "num_particles", "num_steps", "dim", "noise", "ode"))
 
 
 def euler_maruyama(
@@ -790,19 +1145,16 @@ def euler_maruyama(
 ) -> PlainResult:
     """The plain (naive) sampler: ``x_T ~ N(0, v/B)`` then ``num_steps`` Euler–Maruyama steps
     with the combined drift of :func:`sample`, no weights and no resampling (one ``lax.scan``)."""
-    target = _as_target(target)
+    target = as_target(target)
     sde = get_sde(sde)
     _check_noise(noise, target, sde)
-    d = _infer_dim(target, dim)
+    d = infer_dim(target, dim)
     if check:
-        _check_once(target, sde, d, int(num_particles))
+        check_scores_once(target, sde, d, int(num_particles))
     kw = dict(target=target, sde=sde, num_particles=int(num_particles), num_steps=int(num_steps), dim=d, noise=noise, ode=ode)
-    try:
-        hash(target)
-        hashable = True
-    except TypeError:  # e.g. array conditions: trace afresh
-        hashable = False
-    x = _plain_jit(key, **kw) if hashable else jax.jit(functools.partial(_plain_jit.__wrapped__, **kw))(key)
+    # a target that cannot be a static argument (a traced condition: we are inside someone's
+    # trace already, or a large array) is integrated inline, without a jit of its own
+    x = _plain_jit(key, **kw) if target.hashable else _plain(key, **kw)
     groups = _groups(target)
     return PlainResult(
         x, jnp.asarray(int(num_particles) * int(num_steps) * target.num_experts, jnp.int32), jnp.asarray(int(num_steps) * len(groups), jnp.int32)

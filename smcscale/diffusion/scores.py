@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from ..static import Uncacheable, static_key
+
 __all__ = [
     "ScoreModel",
     "from_eps",
@@ -68,6 +70,9 @@ class _Adapter:
         self._fn, self._sde, self._kind = fn, sde, kind
         if null_condition is not None:
             self.null_condition = null_condition
+        dim = getattr(fn, "dim", None)  # the network's data dimension, if it declares one
+        if isinstance(dim, (int, np.integer)) and not isinstance(dim, bool):
+            self.dim = int(dim)
 
     def __call__(self, x, t, condition=None):
         out = self._fn(x, t, condition)
@@ -178,8 +183,10 @@ class GaussianMixture(NamedTuple):
         _, logdet = jnp.linalg.slogdet(self.covs)
         return prec, logdet
 
-    def _component_terms(self, x):
-        """(log N(x; μ_k, Σ_k) (N, K), Σ_k^{-1}(μ_k − x) (N, K, d))."""
+    def component_terms(self, x):
+        """Per-component terms at ``x`` ``(N, d)``: ``(log N(x; μ_k, Σ_k)`` ``(N, K)``,
+        ``Σ_k^{-1}(μ_k − x)`` ``(N, K, d))`` — the component log-densities (without the
+        weights) and their gradients in ``x``, from which the mixture's density and score follow."""
         prec, logdet = self._precisions()
         diff = self.means[None, :, :] - x[:, None, :]  # (N, K, d)
         pd = jnp.einsum("kij,nkj->nki", prec, diff)
@@ -188,7 +195,7 @@ class GaussianMixture(NamedTuple):
         return -0.5 * quad - 0.5 * logdet[None, :] - 0.5 * d * jnp.log(2 * jnp.pi), pd
 
     def _component_logpdf(self, x):
-        return self._component_terms(x)[0]
+        return self.component_terms(x)[0]
 
     def log_prob(self, x):
         """Log of the (unnormalised, if ``log_weights`` is) density at ``x`` ``(N, d)``."""
@@ -196,7 +203,7 @@ class GaussianMixture(NamedTuple):
 
     def score(self, x):
         """``∇ log q(x)`` for ``x`` ``(N, d)``."""
-        lp, pd = self._component_terms(x)
+        lp, pd = self.component_terms(x)
         r = jax.nn.softmax(lp + self.log_weights, axis=-1)  # (N, K)
         return jnp.einsum("nk,nkd->nd", r, pd)
 
@@ -271,7 +278,11 @@ class AnalyticScore:
 
     ``condition``: ``None`` or ``-1`` (``null_condition``) for the whole mixture; an int class
     label for ``q(x | c)``; or an int array ``(N,)`` of per-row labels (``-1`` = unconditional).
-    Hashable by identity, so a sampler built from it is compiled once.
+
+    Equal (and equally hashed) when built from equal mixtures (compared by value: shapes,
+    dtypes and contents of their arrays, see :func:`smcscale.static.static_key`) and equal
+    SDEs, so a sampler built from it is compiled once, even from a fresh
+    ``mixture.score_model(sde)``; a mixture with traced arrays is compared by identity.
     """
 
     null_condition = -1
@@ -280,9 +291,23 @@ class AnalyticScore:
         self.mixture = mixture
         self.sde = sde
 
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if not isinstance(other, AnalyticScore):
+            return NotImplemented
+        return _analytic_key(self) == _analytic_key(other)
+
+    def __hash__(self):
+        return hash(_analytic_key(self))
+
+    @property
+    def dim(self) -> int:
+        return self.mixture.dim
+
     def _masked(self, x, t, condition):
         q = self.mixture.noised(self.sde, t)
-        lpdf, pd = q._component_terms(x)
+        lpdf, pd = q.component_terms(x)
         lp = lpdf + q.log_weights  # (N, K)
         if condition is None:
             return lp, jnp.broadcast_to(q.log_weights, lp.shape), pd
@@ -306,6 +331,13 @@ class AnalyticScore:
 
     def __repr__(self):
         return f"AnalyticScore(K={self.mixture.num_components}, d={self.mixture.dim}, sde={self.sde!r})"
+
+
+def _analytic_key(score: AnalyticScore):
+    try:
+        return ("value", static_key(score.mixture), score.sde)
+    except Uncacheable:
+        return ("identity", id(score))
 
 
 # ---------------------------------------------------------------------------------------

@@ -54,7 +54,6 @@ evaluation per ``x̂_0`` in path search), ``verifier_calls`` = reward evaluation
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import Any, Callable, NamedTuple, Optional
@@ -63,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .fkc import DiffusionResult, Target, _as_target, _check_once, _fields, _groups, _infer_dim, integrate, sample
+from .fkc import DiffusionResult, as_target, check_scores_once, denoise_target, infer_dim, integrate, sample
 from .sde import get_sde
 
 __all__ = [
@@ -147,6 +146,7 @@ def fk_steering(
     dim: Optional[int] = None,
     noise: str = "target",
     check: bool = True,
+    on_degenerate: str = "warn",
 ) -> DiffusionResult:
     """FK steering of ``target`` towards ``exp(λ r(x_0))``: rewards, weight release and
     resampling at steps ``0, every, 2 every, ...`` (``resample`` may be an ESS threshold).
@@ -154,15 +154,13 @@ def fk_steering(
     ``target`` is a :class:`~smcscale.diffusion.fkc.Target` (its FKC weights are included
     when ``fkc=True``; a single score model has none) or a bare score model (sampled as is).
     Returns a :class:`~smcscale.diffusion.fkc.DiffusionResult` (``rewards``: ``r(x_K)``).
+    ``on_degenerate`` as in :func:`~smcscale.diffusion.fkc.sample`.
     """
-    from .fkc import anneal
-
-    if not isinstance(target, Target):
-        target = anneal(target, 1.0)
+    target = as_target(target, allow_score=True)
     steer = FKSteering(reward, lam, potential, every).validate()
     return sample(
         key, target, sde, num_particles, num_steps, dim=dim, fkc=fkc, resample=resample, resample_every=int(every),
-        noise=noise, resampling=resampling, potential=steer, check=check,
+        noise=noise, resampling=resampling, potential=steer, check=check, on_degenerate=on_degenerate,
     )
 
 
@@ -182,21 +180,26 @@ class SearchResult(NamedTuple):
 
 
 def _prepare(target, sde, dim, n, check):
-    if not isinstance(target, Target):
-        from .fkc import anneal
-
-        target = anneal(target, 1.0)
-    target = _as_target(target)
+    target = as_target(target, allow_score=True)
     sde = get_sde(sde)
-    d = _infer_dim(target, dim)
+    d = infer_dim(target, dim)
     if check:
-        _check_once(target, sde, d, n)
+        check_scores_once(target, sde, d, n)
     return target, sde, d
 
 
-@functools.partial(jax.jit, static_argnames=("target", "sde", "noise", "ode"))
-def _denoise_jit(key, x, times, *, target, sde, noise, ode):
+def _denoise(key, x, times, *, target, sde, noise, ode):
     return integrate(key, target, sde, x, times, noise=noise, ode=ode)
+
+
+_denoise_static = jax.jit(_denoise, static_argnames=("target", "sde", "noise", "ode"))
+
+
+def _denoise_jit(key, x, times, *, target, sde, noise, ode):
+    """Jitted with the target static; a target that cannot be static (traced or large
+    array conditions, see :class:`~smcscale.diffusion.fkc.Expert`) runs inline."""
+    f = _denoise_static if target.hashable else _denoise
+    return f(key, x, times, target=target, sde=sde, noise=noise, ode=ode)
 
 
 def _verify(verifier, x):
@@ -257,9 +260,12 @@ def zero_order_search(key, target, sde, verifier: Callable, num_neighbors: int, 
     return SearchResult(best_x, jnp.asarray([best]), nfe, calls, jnp.asarray(hist))
 
 
-@functools.partial(jax.jit, static_argnames=("target", "sde"))
-def _x0hat_jit(x, t, t_next, *, target, sde):
-    return _fields(target, _groups(target), sde, "target", x, t, t_next, weights=False).x0hat
+_x0hat_static = jax.jit(denoise_target, static_argnames=("target", "sde"))
+
+
+def _x0hat_jit(x, t, *, target, sde):
+    f = _x0hat_static if target.hashable else denoise_target
+    return f(target, sde, x, t)
 
 
 def path_search(key, target, sde, verifier: Callable, num_paths: int, num_branches: int, num_steps: int = 100, *,
@@ -298,7 +304,7 @@ def path_search(key, target, sde, verifier: Callable, num_paths: int, num_branch
         xs = _denoise_jit(kd, xs, jnp.asarray(grid[i_up : i_down + 1], jnp.float32), target=target, sde=sde, noise=noise, ode=ode)
         nfe += n * m * (i_down - i_up) * e
         if i_down < k:
-            x0 = _x0hat_jit(xs, jnp.float32(grid[i_down]), jnp.float32(grid[i_down + 1]), target=target, sde=sde)
+            x0 = _x0hat_jit(xs, jnp.float32(grid[i_down]), target=target, sde=sde)
             nfe += n * m * e
         else:
             x0 = xs

@@ -26,6 +26,7 @@ import numpyro.distributions as dist
 
 from ..kalman import LGSSMParams, univariate_params
 from ..ssm import StateSpaceModel
+from ..static import cached_builder
 
 __all__ = [
     "univariate",
@@ -42,6 +43,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- scalar
 
 
+@cached_builder
 def univariate(rho: float = 0.9, sigma_x: float = 1.0, sigma_y: float = 0.2) -> StateSpaceModel:
     """Scalar LGSSM (stationary start); matches ``kalman.univariate_params(rho, sigma_x, sigma_y)``."""
     if not abs(rho) < 1:
@@ -57,6 +59,7 @@ def univariate(rho: float = 0.9, sigma_x: float = 1.0, sigma_y: float = 0.2) -> 
     )
 
 
+@cached_builder
 def univariate_optimal_proposal(rho: float = 0.9, sigma_x: float = 1.0, sigma_y: float = 0.2):
     """``(proposal, proposal_initial)``: the locally optimal proposal of :func:`univariate`."""
     var0 = sigma_x**2 / (1.0 - rho**2)
@@ -72,6 +75,7 @@ def univariate_optimal_proposal(rho: float = 0.9, sigma_x: float = 1.0, sigma_y:
     return proposal, proposal_initial
 
 
+@cached_builder
 def univariate_lookahead(rho: float = 0.9, sigma_x: float = 1.0, sigma_y: float = 0.2):
     """``log eta_t(x_{t-1}) = log N(y_t; rho x_{t-1}, sigma_x^2 + sigma_y^2)``."""
     sd = (sigma_x**2 + sigma_y**2) ** 0.5
@@ -85,6 +89,7 @@ def univariate_lookahead(rho: float = 0.9, sigma_x: float = 1.0, sigma_y: float 
 # ----------------------------------------------------------------------------- multivariate
 
 
+@cached_builder
 def multivariate(params: LGSSMParams) -> StateSpaceModel:
     """LGSSM with vector states ``(N, dx)`` and observations ``(T, dy)``."""
     A, Q, C, R, m0, P0 = (jnp.asarray(p) for p in params)
@@ -103,6 +108,7 @@ def multivariate(params: LGSSMParams) -> StateSpaceModel:
     )
 
 
+@cached_builder
 def optimal_proposal(params: LGSSMParams):
     """``(proposal, proposal_initial)``: the locally optimal proposal of :func:`multivariate`."""
     A, Q, C, R, m0, P0 = (jnp.asarray(p) for p in params)
@@ -123,6 +129,7 @@ def optimal_proposal(params: LGSSMParams):
     return proposal, proposal_initial
 
 
+@cached_builder
 def lookahead(params: LGSSMParams):
     """``log eta_t(x_{t-1}) = log N(y_t; C A x_{t-1}, C Q C' + R)``."""
     A, Q, C, R, _, _ = (jnp.asarray(p) for p in params)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from ..ssm import StateSpaceModel
+from ..static import cached_builder
 
 __all__ = ["stochastic_volatility", "simulate"]
 
@@ -27,6 +28,7 @@ def _check(mu, rho, sigma):
         raise ValueError(f"sigma must be positive, got {sigma}")
 
 
+@cached_builder
 def stochastic_volatility(mu: float = -1.0, rho: float = 0.95, sigma: float = 0.3) -> StateSpaceModel:
     """The SV model as a :class:`~smcscale.ssm.StateSpaceModel` (scalar particles)."""
     _check(mu, rho, sigma)

@@ -73,6 +73,8 @@ __all__ = [
     "check_step",
     "programmatic_prm_score",
     "score_steps",
+    "ProgrammaticPRM",
+    "corrupt_step",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -834,3 +836,50 @@ def score_steps(
         programmatic_prm_score(problem, steps[: t + 1], use_answer=use_answer, consistency=consistency)
         for t in range(len(steps))
     ]
+
+
+class ProgrammaticPRM:
+    """:func:`programmatic_prm_score` as a PRM object (``score_prefix(context, steps)``), for
+    the samplers of :mod:`smcscale.text`.
+
+    ``problem`` is only needed with ``use_answer=True`` (an oracle). Steps are stripped of
+    surrounding whitespace before checking; ``context`` is ignored.
+    """
+
+    def __init__(self, problem: Problem | None = None, use_answer: bool = False, consistency: bool = True):
+        self.problem, self.use_answer, self.consistency = problem, use_answer, consistency
+
+    def score_prefix(self, context: str, steps: Sequence[str]) -> float:
+        steps = [s.strip() for s in steps]
+        return programmatic_prm_score(self.problem, steps, use_answer=self.use_answer, consistency=self.consistency)
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic wrong steps (negative examples for a learned PRM)
+# --------------------------------------------------------------------------------------------
+
+_CLAIM_RE = re.compile(r"(\d+)(\s*[+\-x×*]\s*\d+\s*=\s*)(\d+)")
+
+
+def corrupt_step(steps: Sequence[str], rng):
+    """Change the result ``c`` of one true claim ``a op b = c`` in a random step to a wrong
+    non-negative integer ``c + d`` (``0 < |d| <= 5``). ``rng`` is a
+    ``numpy.random.Generator`` (only ``rng.integers(n)`` is used). Returns
+    ``(new_steps, j)`` with ``j`` the corrupted step, or ``None`` if no step has such a
+    claim. The ``corrupt_fn`` of :func:`smcscale.text.learned_prm.add_corrupted_references`
+    for this task."""
+    cands = []
+    for j, s in enumerate(steps):
+        for m in _CLAIM_RE.finditer(s):
+            if check_step(m.group(0))["num_correct"] == 1:
+                cands.append((j, m))
+    if not cands:
+        return None
+    j, m = cands[int(rng.integers(len(cands)))]
+    c = int(m.group(3))
+    ds = [d for d in range(-5, 6) if d != 0 and c + d >= 0]
+    new = str(c + ds[int(rng.integers(len(ds)))])
+    s = steps[j]
+    out = list(steps)
+    out[j] = s[: m.start(3)] + new + s[m.end(3) :]
+    return out, j

@@ -11,6 +11,10 @@ Each task is a small object with
 :class:`Lipogram` also has ``token_allowed(token_string)`` for token masks. All functions take
 *decoded* text (not byte-level BPE symbols such as ``"Ġthe"``; decode tokens first).
 
+Token masks for the samplers of :mod:`smcscale.text` (a
+:class:`~smcscale.text.potentials.TokenConstraint`): :func:`lipogram_constraint` (a static
+mask) and :class:`WordCountMask` (exact next-token masks for an exact word count).
+
 :func:`default_tasks` gives a fixed list of 10 prompts per task.
 """
 
@@ -20,6 +24,9 @@ import abc
 import dataclasses
 import re
 import unicodedata
+from typing import Optional, Sequence
+
+import numpy as np
 
 __all__ = [
     "Constraint",
@@ -27,6 +34,8 @@ __all__ = [
     "WordCount",
     "KeywordInclusion",
     "count_words",
+    "WordCountMask",
+    "lipogram_constraint",
     "default_tasks",
 ]
 
@@ -179,6 +188,61 @@ class KeywordInclusion(Constraint):
         # the exact condition, not a heuristic.
         ends_open = bool(text_so_far) and not text_so_far[-1].isspace()
         return used < self.max_words or ends_open
+
+
+# --------------------------------------------------------------------------------------------
+# token masks
+
+
+def lipogram_constraint(tokenizer, letter: str = "e", weighted: bool = True, vocab_size: Optional[int] = None):
+    """A :class:`~smcscale.text.potentials.TokenConstraint` with a static mask forbidding
+    every token whose text contains ``letter`` (any case or accent: :meth:`Lipogram.token_allowed`),
+    and the non-EOS control tokens (see
+    :func:`~smcscale.text.potentials.token_mask_from_predicate`). ``weighted=False`` gives
+    locally constrained decoding. Decodes every token id once."""
+    from smcscale.text.potentials import TokenConstraint, token_mask_from_predicate
+
+    lip = Lipogram(id="mask", topic="", letter=letter)
+    mask = token_mask_from_predicate(tokenizer, lip.token_allowed, vocab_size)
+    return TokenConstraint(static_mask=mask, weighted=weighted, eos_ids=getattr(tokenizer, "eos_ids", ()) or ())
+
+
+class WordCountMask:
+    """Exact next-token masks for "exactly ``k`` words" (:func:`count_words`).
+
+    ``strings[v]`` is the decoded text of token ``v``; ``forbidden`` (``bool [V]``) marks
+    tokens never allowed (e.g. control tokens); ``eos_ids`` are the stop tokens.
+
+    For a prefix text with ``c`` words, token ``v`` (text ``s``) is allowed iff
+    ``count_words(text + s) <= k``; EOS iff ``c == k``. Per token: ``w(s) = count_words(s)``
+    and whether the first chunk of ``s`` contains a letter or digit and glues onto the last
+    chunk of the text (``s`` starts with a non-space and the text ends with one). If that last
+    chunk already is a word, the glued chunk is not a new word: the increment is
+    ``w(s) - 1``; otherwise it is ``w(s)``. (Exact when decoding is concatenative, i.e.
+    except for tokens that split one UTF-8 character.)
+
+    Use as ``TokenConstraint(mask_fn=lambda ids: wc.mask(tokenizer.decode(ids), k))``.
+    """
+
+    def __init__(self, strings: Sequence[str], forbidden=None, eos_ids=()):
+        v = len(strings)
+        self.fullw = np.array([count_words(s) for s in strings], np.int64)
+        self.glue_word = np.array(
+            [bool(s) and not s[0].isspace() and any(ch.isalnum() for ch in s.split()[0]) for s in strings], bool
+        )
+        self.ok = np.ones(v, bool) if forbidden is None else ~np.asarray(forbidden, bool)
+        self.eos = sorted(int(e) for e in eos_ids)
+        self.ok[self.eos] = False
+
+    def mask(self, text: str, k: int) -> np.ndarray:
+        """``bool [V]``: the tokens that may follow ``text`` so that it can still have
+        exactly ``k`` words (EOS only when it has exactly ``k``)."""
+        c = count_words(text)
+        open_word = bool(text) and not text[-1].isspace() and any(ch.isalnum() for ch in text.split()[-1])
+        inc = self.fullw - self.glue_word if open_word else self.fullw
+        allowed = (c + inc <= k) & self.ok
+        allowed[self.eos] = c == k
+        return allowed
 
 
 _TOPICS = (

@@ -66,16 +66,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
-import re
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from .sampler import _as_key
+
+from ..stats import binary_auc, spearman  # re-exported: evaluation metrics used here
+from .sampler import as_key
 
 __all__ = [
     "LearnedPRMError",
@@ -88,7 +88,6 @@ __all__ = [
     "collect_rollout_labels",
     "sample_solutions",
     "add_corrupted_references",
-    "corrupt_arithmetic_step",
     "dataset_features",
     "extract_features",
     "train_prm_head",
@@ -151,7 +150,7 @@ def _head(cfg: PRMHeadConfig) -> PRMHead:
 
 def init_head(cfg: PRMHeadConfig, key) -> Any:
     """Random head parameters for ``cfg``."""
-    return _head(cfg).init(_as_key(key), jnp.zeros((1, cfg.hidden_size), jnp.float32))
+    return _head(cfg).init(as_key(key), jnp.zeros((1, cfg.hidden_size), jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=("head",))
@@ -505,20 +504,8 @@ def _split_token_steps(decode, tokens, delimiter, max_step_tokens, max_steps):
     return ends, start
 
 
-def _default_prompt_fn(problem):
-    from ..tasks.arithmetic import format_prompt
-
-    return format_prompt(problem)
-
-
 def _default_context_fn(problem):
     return problem.question
-
-
-def _default_is_correct(problem, text):
-    from ..tasks.arithmetic import is_correct
-
-    return is_correct(problem, text)
 
 
 def collect_rollout_labels(
@@ -536,9 +523,9 @@ def collect_rollout_labels(
     delimiter: str = "\n\n",
     chunk_tokens: int = 16,
     max_len: Optional[int] = None,
-    prompt_fn: Optional[Callable] = None,
+    prompt_fn: Callable,
+    is_correct: Callable,
     context_fn: Optional[Callable] = None,
-    is_correct: Optional[Callable] = None,
     finish_fn: Any = "boxed",
     reference_fn: Optional[Callable] = None,
     progress: bool = False,
@@ -557,10 +544,11 @@ def collect_rollout_labels(
 
     Args:
       lm: any LM of the protocol (``JaxLM``, ``FakeLM``).
-      problems: task problems; ``prompt_fn(problem)`` (default: arithmetic
+      problems: task problems; the task's ``prompt_fn(problem)`` (e.g. arithmetic
         ``format_prompt``) gives the generator prompt (text, chat messages or ids),
-        ``context_fn(problem)`` (default ``problem.question``) the PRM context, and
-        ``is_correct(problem, text)`` (default arithmetic ``is_correct``) judges a full text.
+        ``context_fn(problem)`` (default ``problem.question``) the PRM context, and the
+        task's ``is_correct(problem, text)`` (e.g. arithmetic ``is_correct``) judges a full
+        text. ``prompt_fn`` and ``is_correct`` are required.
       key: PRNG key or int seed.
       finish_fn: ``"boxed"``, a callable ``text -> bool`` (monotone as text grows), or ``None``.
     """
@@ -581,14 +569,14 @@ def collect_rollout_labels(
         finish_fn = has_boxed
     elif finish_fn is not None and not callable(finish_fn):
         raise TypeError("finish_fn must be 'boxed', a callable text -> bool, or None")
-    prompt_fn = prompt_fn or _default_prompt_fn
+    if not callable(prompt_fn) or not callable(is_correct):
+        raise TypeError("collect_rollout_labels needs the task's prompt_fn(problem) and is_correct(problem, text)")
     context_fn = context_fn or _default_context_fn
-    is_correct = is_correct or _default_is_correct
     problems = list(problems)
     if not problems:
         raise ValueError("collect_rollout_labels needs at least one problem")
     tok = lm.tokenizer
-    key = _as_key(key)
+    key = as_key(key)
     sample = functools.partial(_sample_continuations, lm, temperature=float(temperature), chunk=int(chunk_tokens),
                                max_len=max_len, finish_fn=finish_fn)
     fields = {f.name: [] for f in dataclasses.fields(PRMDataset)}
@@ -662,18 +650,20 @@ def sample_solutions(
     temperature: float = 0.8,
     chunk_tokens: int = 16,
     max_len: Optional[int] = None,
-    prompt_fn: Optional[Callable] = None,
+    prompt_fn: Callable,
     finish_fn: Any = "boxed",
     progress: bool = False,
 ) -> list[list[str]]:
     """``num_solutions`` sampled solution texts per problem (cut at EOS, at ``finish_fn``
-    or after ``max_solution_tokens``), with the same sampling as :func:`collect_rollout_labels`."""
+    or after ``max_solution_tokens``), with the same sampling as :func:`collect_rollout_labels`;
+    the task's ``prompt_fn(problem)`` (required) gives the prompt."""
     from .sampler import encode_prompt, has_boxed
 
     if finish_fn == "boxed":
         finish_fn = has_boxed
-    prompt_fn = prompt_fn or _default_prompt_fn
-    key = _as_key(key)
+    if not callable(prompt_fn):
+        raise TypeError("sample_solutions needs the task's prompt_fn(problem)")
+    key = as_key(key)
     it = list(enumerate(problems))
     if progress:
         from tqdm.auto import tqdm
@@ -692,36 +682,12 @@ def sample_solutions(
 # ---------------------------------------------------------------------------------------
 # synthetic augmentation
 
-_CLAIM_RE = re.compile(r"(\d+)(\s*[+\-x×*]\s*\d+\s*=\s*)(\d+)")
-
-
-def corrupt_arithmetic_step(steps: Sequence[str], rng: np.random.Generator):
-    """Change the result ``c`` of one true claim ``a op b = c`` in a random step to a wrong
-    non-negative integer ``c + d`` (``0 < |d| <= 5``). Returns ``(new_steps, j)`` with ``j``
-    the corrupted step, or ``None`` if no step has such a claim."""
-    from ..tasks.arithmetic import check_step
-
-    cands = []
-    for j, s in enumerate(steps):
-        for m in _CLAIM_RE.finditer(s):
-            if check_step(m.group(0))["num_correct"] == 1:
-                cands.append((j, m))
-    if not cands:
-        return None
-    j, m = cands[int(rng.integers(len(cands)))]
-    c = int(m.group(3))
-    ds = [d for d in range(-5, 6) if d != 0 and c + d >= 0]
-    new = str(c + ds[int(rng.integers(len(ds)))])
-    s = steps[j]
-    out = list(steps)
-    out[j] = s[: m.start(3)] + new + s[m.end(3) :]
-    return out, j
-
-
-def add_corrupted_references(dataset: PRMDataset, *, corrupt_fn: Callable = corrupt_arithmetic_step, copies: int = 1,
+def add_corrupted_references(dataset: PRMDataset, *, corrupt_fn: Callable, copies: int = 1,
                              seed: int = 0) -> PRMDataset:
     """``dataset`` plus, for every ``"reference"`` solution, ``copies`` corrupted copies:
-    ``corrupt_fn(steps, rng) -> (new_steps, j)`` corrupts step ``j``; the copy is cut after
+    the task's ``corrupt_fn(steps, rng) -> (new_steps, j) or None`` (e.g.
+    :func:`smcscale.tasks.arithmetic.corrupt_step`; ``rng`` a NumPy ``Generator`` seeded
+    with ``seed``) corrupts step ``j``; the copy is cut after
     step ``j``, steps ``t < j`` keep the reference's rollout labels and step ``j`` gets label
     0 (source ``"corrupted"``, outcome 0)."""
     rng = np.random.default_rng(seed)
@@ -846,7 +812,7 @@ def train_prm_head(
     cfg = PRMHeadConfig(hidden_size=int(X.shape[1]), mlp_size=int(mlp_size), layer_norm=bool(layer_norm),
                         delimiter=delimiter, template=template, eps=float(eps))
     head = _head(cfg)
-    k_init, k_batch = jax.random.split(_as_key(key))
+    k_init, k_batch = jax.random.split(as_key(key))
     params = head.init(k_init, jnp.zeros((1, cfg.hidden_size), jnp.float32))
     Xj, yj, wj = jnp.asarray(X), jnp.asarray(y), jnp.asarray(w)
     B = int(min(batch_size, X.shape[0]))
@@ -1010,48 +976,6 @@ def _json_default(o):
 # evaluation
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based; ties share the mean rank)."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    r = np.empty(x.size, np.float64)
-    sx = x[order]
-    i = 0
-    while i < x.size:
-        j = i
-        while j + 1 < x.size and sx[j + 1] == sx[i]:
-            j += 1
-        r[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return r
-
-
-def binary_auc(scores, labels) -> Optional[float]:
-    """ROC AUC ``P(s+ > s-) + P(s+ = s-)/2`` (Mann–Whitney); ``None`` if a class is empty."""
-    s = np.asarray(scores, np.float64).reshape(-1)
-    y = np.asarray(labels).astype(bool).reshape(-1)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in shape: {s.shape} vs {y.shape}")
-    npos, nneg = int(y.sum()), int((~y).sum())
-    if npos == 0 or nneg == 0:
-        return None
-    r = _ranks(s)
-    return float((r[y].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))
-
-
-def spearman(a, b) -> Optional[float]:
-    """Spearman's rank correlation (Pearson on average ranks); ``None`` if either is constant."""
-    a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    if a.size < 2:
-        return None
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
-    return None if den == 0 else float((ra * rb).sum() / den)
-
-
 def _text_steps(text: str, delimiter: str) -> list[str]:
     """Split a solution into raw steps (each keeps its delimiter), dropping blank ones."""
     if not delimiter:
@@ -1066,28 +990,31 @@ def evaluate_against_programmatic(
     problems: Sequence,
     solutions: Sequence[Sequence],
     *,
+    score_steps: Callable,
+    is_correct: Callable,
     threshold: float = 0.5,
     context_fn: Optional[Callable] = None,
-    is_correct: Optional[Callable] = None,
     delimiter: str = "\n\n",
 ) -> dict:
-    """Agreement of a PRM with the programmatic arithmetic PRM, step by step.
+    """Agreement of a PRM with a programmatic PRM, step by step.
 
     ``solutions[i]`` lists the solutions of ``problems[i]`` (texts, split at ``delimiter``,
-    or lists of steps). Programmatic per-step labels: ``right`` (score > 0.5, all claims
-    true), ``wrong`` (< 0.5, a false claim or an inconsistent final answer) and ``neutral``
-    (= 0.5, nothing to check). Returns ``step_auc`` (learned score, right vs wrong),
+    or lists of steps). The task gives ``score_steps(problem, steps) -> per-step scores``
+    (the programmatic PRM, e.g. :func:`smcscale.tasks.arithmetic.score_steps`; steps are
+    passed stripped of surrounding whitespace) and ``is_correct(problem, text)`` (e.g.
+    arithmetic ``is_correct``); ``context_fn(problem)`` (default ``problem.question``) is
+    the PRM context. Programmatic per-step labels: ``right`` (score > 0.5, e.g. all claims
+    true), ``wrong`` (< 0.5, e.g. a false claim or an inconsistent final answer) and
+    ``neutral`` (= 0.5, nothing to check). Returns ``step_auc`` (learned score, right vs wrong),
     ``step_accuracy`` (``(r >= threshold) == right`` on right/wrong steps), ``spearman``
     (all steps), ``mean_score`` by class, ``counts``, and ``outcome_auc`` of the final-step
     score for the final answer's correctness, for the learned and the programmatic PRM.
     """
-    from ..tasks.arithmetic import score_steps
     from .potentials import as_prm
 
     if len(problems) != len(solutions):
         raise ValueError(f"{len(problems)} problems but {len(solutions)} solution lists")
     context_fn = context_fn or _default_context_fn
-    is_correct = is_correct or _default_is_correct
     adapter = as_prm(prm)
     learned, prog, finals_l, finals_p, outcomes = [], [], [], [], []
     for problem, sols in zip(problems, solutions):

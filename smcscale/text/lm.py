@@ -47,6 +47,8 @@ __all__ = [
     "FakeTokenizer",
     "sample_next",
     "load_default_lm",
+    "make_logprob_kernel",
+    "continuation_logprobs",
 ]
 
 
@@ -363,6 +365,17 @@ class JaxLM:
                 return _reorder_rows(state, ancestors)
         return (_reorder_gather if ancestors.shape[0] == n else _resize_gather)(state, ancestors)
 
+    def reorder_by_gather(self, state: LMState, ancestors) -> LMState:
+        """:meth:`reorder` without its in-place path: every continuation row is gathered,
+        even when ``ancestors`` is stable (``a[a[i]] == a[i]``, where :meth:`reorder` copies
+        only the rows that change). The same result; for benchmarks and checks of the two
+        paths. ``state`` is donated when the batch size is unchanged."""
+        ancestors = jnp.asarray(ancestors, jnp.int32)
+        n = state.logits.shape[0]
+        if ancestors.ndim != 1 or ancestors.shape[0] < 1:
+            raise ValueError(f"ancestors must be a non-empty 1-D array of row indices, got shape {ancestors.shape}")
+        return (_reorder_gather if ancestors.shape[0] == n else _resize_gather)(state, ancestors)
+
     # -- conveniences ----------------------------------------------------------------
     def generate(self, state: LMState, key, num_tokens: int, temperature: float = 1.0, top_p: float = 1.0):
         """``num_tokens`` decode steps in one jitted scan. Returns
@@ -413,6 +426,66 @@ def _check_sampling(temperature, top_p):
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def make_logprob_kernel(logits_fn, eos_ids=()):
+    """A jitted ``(params, ids [B, L]) -> (token_lp [B, L], eos_lp [B, L])`` from
+    ``logits_fn(params, ids) -> [B, L, V]`` (row ``j`` = logits of the token after
+    ``ids[:, : j + 1]``, traceable by JAX; ``params`` is passed as an argument, not closed over,
+    so that XLA does not constant-fold the weights):
+    ``token_lp[b, j] = log p(ids[b, j + 1] | ids[b, : j + 1])`` (last column meaningless) and
+    ``eos_lp[b, j] = log sum_{e in eos_ids} p(e | ids[b, : j + 1])`` (0 without ``eos_ids``),
+    both at temperature 1 (float32 log-softmax).
+
+    For a :class:`JaxLM` ``lm``, ``logits_fn = lambda params, ids: lm.model.apply(params, ids,
+    jnp.arange(ids.shape[1]))[0]`` is the computation of :meth:`JaxLM.logits`."""
+    eos = jnp.asarray(sorted(int(e) for e in eos_ids), jnp.int32)
+
+    @jax.jit
+    def kernel(params, ids):
+        lp = jax.nn.log_softmax(jnp.asarray(logits_fn(params, ids), jnp.float32), axis=-1)
+        nxt = jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
+        tok = jnp.take_along_axis(lp, nxt[..., None], axis=-1)[..., 0]
+        eos_lp = jax.nn.logsumexp(lp[..., eos], axis=-1) if eos.size else jnp.zeros(ids.shape, jnp.float32)
+        return tok, eos_lp
+
+    return kernel
+
+
+def continuation_logprobs(kernel, params, prompt_ids, continuations, length: int, pad_id: int = 0, batch: int = 8,
+                          with_eos: bool = True) -> list:
+    """``log p(c | prompt)`` for every continuation ``c`` (token ids, EOS excluded), plus, with
+    ``with_eos``, the log-probability of stopping right after it (the kernel's ``eos_ids``):
+    the continuation's log-probability as a complete string.
+
+    ``kernel`` comes from :func:`make_logprob_kernel`. Every sequence ``prompt + c`` is
+    right-padded with ``pad_id`` to ``length`` and the batch to a multiple of ``batch`` rows,
+    so that the kernel compiles once (a causal LM's logits at earlier positions do not depend
+    on the padding). Sums are taken in float64 on the host. Batched, it agrees with
+    :meth:`JaxLM.sequence_logprob` (one sequence at a time, no EOS term).
+    """
+    prompt = [int(i) for i in prompt_ids]
+    if not prompt:
+        raise ValueError("continuation_logprobs needs a non-empty prompt")
+    conts = [[int(t) for t in c] for c in continuations]
+    p = len(prompt)
+    rows = []
+    for c in conts:
+        seq = prompt + c
+        if len(seq) > length:
+            raise ValueError(f"length={length} is shorter than a sequence ({len(seq)} tokens)")
+        rows.append(seq + [int(pad_id)] * (length - len(seq)))
+    out = []
+    for lo in range(0, len(rows), batch):
+        chunk = rows[lo : lo + batch]
+        chunk = chunk + [chunk[-1]] * (batch - len(chunk))
+        tok, eos = kernel(params, np.asarray(chunk, np.int32))
+        tok, eos = np.asarray(tok, np.float64), np.asarray(eos, np.float64)
+        for b, c in enumerate(conts[lo : lo + batch]):
+            s = p + len(c)
+            total = float(np.sum(tok[b, p - 1 : s - 1]))
+            out.append(total + float(eos[b, s - 1]) if with_eos else total)
+    return out
 
 
 def load_default_lm(dtype=jnp.float32) -> JaxLM:

@@ -7,7 +7,8 @@ masks turn into the log-weights of the engine.
 **PRM protocol.** Any of the following is accepted by :func:`as_prm`:
 
 * a callable ``f(context, steps) -> r`` with ``r`` in ``[0, 1]``: the score of the prefix
-  ``steps`` judged at its *latest* step (e.g. ``lambda c, s: programmatic_prm_score(None, s)``);
+  ``steps`` judged at its *latest* step (e.g. the arithmetic task's
+  ``lambda c, s: programmatic_prm_score(None, s)``);
 * an object with ``score_prefix(context, steps) -> r`` (same meaning);
 * an object with ``score(context, batch) -> per_step_scores`` where ``batch`` is a list of
   prefixes (each a list of step strings) and the answer gives, for each prefix, the list of
@@ -79,11 +80,10 @@ __all__ = [
     "PRMAdapter",
     "as_prm",
     "FunctionPRM",
-    "ProgrammaticPRM",
     "StepPotential",
+    "as_step_potential",
     "TokenConstraint",
     "token_mask_from_predicate",
-    "lipogram_constraint",
     "logit",
 ]
 
@@ -124,24 +124,6 @@ class FunctionPRM:
 
     def score_prefix(self, context: str, steps: Sequence[str]) -> float:
         return self.fn(context, list(steps))
-
-
-class ProgrammaticPRM:
-    """The programmatic arithmetic PRM of :mod:`smcscale.tasks.arithmetic` as a PRM object.
-
-    ``problem`` is only needed with ``use_answer=True`` (an oracle). Steps are stripped of
-    surrounding whitespace before checking.
-    """
-
-    def __init__(self, problem=None, use_answer: bool = False, consistency: bool = True):
-        from ..tasks.arithmetic import programmatic_prm_score  # pure Python, no cycle
-
-        self._score = programmatic_prm_score
-        self.problem, self.use_answer, self.consistency = problem, use_answer, consistency
-
-    def score_prefix(self, context: str, steps: Sequence[str]) -> float:
-        steps = [s.strip() for s in steps]
-        return self._score(self.problem, steps, use_answer=self.use_answer, consistency=self.consistency)
 
 
 class PRMAdapter:
@@ -333,6 +315,14 @@ class StepPotential:
         return self.beta * lg
 
 
+def as_step_potential(prm, aggregation: str = "last", mode: str = "twisted", temperature: float = 1.0) -> StepPotential:
+    """``prm`` itself if it already is a :class:`StepPotential` (its own aggregation, mode
+    and temperature win), else ``StepPotential(prm, aggregation, mode, temperature)``."""
+    if isinstance(prm, StepPotential):
+        return prm
+    return StepPotential(prm, aggregation=aggregation, mode=mode, temperature=temperature)
+
+
 # ---------------------------------------------------------------------------------------
 # token constraints
 
@@ -417,13 +407,3 @@ def _is_control(tokenizer, token_id: int) -> bool:
         return tokenizer.decode([token_id], skip_special_tokens=True) == ""
     except TypeError:
         return False
-
-
-def lipogram_constraint(tokenizer, letter: str = "e", weighted: bool = True, vocab_size: Optional[int] = None) -> TokenConstraint:
-    """A static mask forbidding every token whose text contains ``letter`` (any case or
-    accent), and the non-EOS control tokens (see :func:`token_mask_from_predicate`)."""
-    from ..tasks.constraints import Lipogram
-
-    lip = Lipogram(id="mask", topic="", letter=letter)
-    mask = token_mask_from_predicate(tokenizer, lip.token_allowed, vocab_size)
-    return TokenConstraint(static_mask=mask, weighted=weighted, eos_ids=getattr(tokenizer, "eos_ids", ()) or ())

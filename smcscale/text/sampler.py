@@ -87,7 +87,7 @@ import numpy as np
 from ..resampling import get_resampler, stable_ancestors
 from ..weights import reweight
 from .lm import top_p_filter
-from .potentials import StepPotential, TokenConstraint
+from .potentials import StepPotential, TokenConstraint, as_step_potential
 
 __all__ = [
     "GenerationConfig",
@@ -100,7 +100,12 @@ __all__ = [
     "majority_vote",
     "weighted_majority_vote",
     "select_answer",
-    "default_answer_fn",
+    "boxed_answer",
+    "as_key",
+    "check_count",
+    "Sweep",
+    "BeamPolicy",
+    "FinalPolicy",
     "has_boxed",
     "encode_prompt",
     "swap_log_ratio",
@@ -289,11 +294,21 @@ def has_boxed(text: str) -> bool:
     return False
 
 
-def default_answer_fn(text: str):
-    """:func:`smcscale.tasks.arithmetic.extract_answer` (an integer or ``None``)."""
-    from ..tasks.arithmetic import extract_answer
-
-    return extract_answer(text)
+def boxed_answer(text: str) -> Optional[str]:
+    """The default ``answer_fn`` of the samplers: the content of the *last* complete
+    ``\\boxed{...}`` in ``text`` (balanced braces), stripped of surrounding whitespace, or
+    ``None`` if there is none. Task-specific answers (e.g. the integer of
+    :func:`smcscale.tasks.arithmetic.extract_answer`) are passed as ``answer_fn``."""
+    last = None
+    for m in re.finditer(r"\\boxed\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            c = text[i]
+            depth += (c == "{") - (c == "}")
+            i += 1
+        if depth == 0:
+            last = text[m.end() : i - 1].strip()
+    return last
 
 
 def majority_vote(answers: Sequence) -> Any:
@@ -436,7 +451,9 @@ def _rng(key) -> np.random.Generator:
     return np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32).tolist())
 
 
-def _as_key(key):
+def as_key(key):
+    """A typed JAX PRNG key from ``key``: an int seed (``None`` means 0), a typed key
+    (returned as is) or raw ``uint32`` key data (wrapped)."""
     if key is None:
         key = 0
     if isinstance(key, (int, np.integer)):
@@ -574,7 +591,11 @@ class _SMCPolicy:
 
 
 @dataclasses.dataclass
-class _BeamPolicy:
+class BeamPolicy:
+    """The policy of a population run as step-level beam search by :class:`Sweep`: at every
+    round keep the ``keep`` best unfinished beams by ``potential`` score (default
+    ``n_active // width``) and expand each ``width`` ways; finished beams are set aside."""
+
     potential: StepPotential
     width: int  # M: each kept beam is expanded M ways
     keep: Optional[int] = None  # beams kept per round (default: n_active // M)
@@ -582,7 +603,11 @@ class _BeamPolicy:
 
 
 @dataclasses.dataclass
-class _FinalPolicy:  # best-of-N and votes: no selection, score at the end
+class FinalPolicy:
+    """The policy of a population of independent generations run by :class:`Sweep`
+    (best-of-N and votes): no selection or reweighting; the PRM scores each finished
+    generation once at the end (``potential`` may be ``None``: no scores)."""
+
     potential: StepPotential
     kind: str = "final"
 
@@ -613,8 +638,17 @@ class _Group:
 # the engine
 
 
-class _Sweep:
-    """One sweep of ``G`` populations of ``n`` particles each, decoded in one LM batch."""
+class Sweep:
+    """One sweep of ``G`` populations of ``n`` particles each, decoded in one LM batch.
+
+    The engine of every sampler here and of :mod:`smcscale.text.search`. ``policies`` has
+    one policy per population (:class:`BeamPolicy`, :class:`FinalPolicy`, or the SMC policy
+    built by the samplers): it says how that population is weighted and selected at the end
+    of a round. ``references`` (one optional :class:`Trajectory` per population) condition
+    SMC populations (particle Gibbs). ``run()`` decodes until every particle has finished
+    and returns the sweep; ``groups`` then lists the populations, and ``result(group,
+    method, answer_fn, select)`` turns one into a :class:`TextSMCResult`.
+    """
 
     def __init__(self, lm, cfg: GenerationConfig, prompt_ids, context: str, n: int, policies: Sequence,
                  key, references: Optional[Sequence[Optional[Trajectory]]] = None,
@@ -634,7 +668,7 @@ class _Sweep:
         self.n, self.N = n, n * len(policies)
         self.particles = [_Particle() for _ in range(self.N)]
         self.row_group = np.repeat(np.arange(len(policies)), n)
-        self.key_tok, self.key_res, self.key_as = jax.random.split(_as_key(key), 3)
+        self.key_tok, self.key_res, self.key_as = jax.random.split(as_key(key), 3)
         # LM batch rows (see GenerationConfig.compact_rows): particle -> row (-1 once dropped)
         # and row -> particle (padding rows repeat a live particle); identity until compaction
         self.row = np.arange(self.N)
@@ -1122,7 +1156,7 @@ class _Sweep:
     # -- results ------------------------------------------------------------------------
     def result(self, g: _Group, method: str, answer_fn=None, select: str = "argmax") -> TextSMCResult:
         parts = self._parts(g)
-        answer_fn = answer_fn or default_answer_fn
+        answer_fn = answer_fn or boxed_answer
         decode = self.lm.tokenizer.decode
         texts = [decode(p.tokens) for p in parts]
         answers = [answer_fn(t) for t in texts]
@@ -1172,13 +1206,9 @@ def encode_prompt(lm, prompt) -> tuple[list, str]:
     return ids, tok.decode(ids)
 
 
-def _potential(prm, aggregation, mode, potential_temperature) -> StepPotential:
-    if isinstance(prm, StepPotential):
-        return prm
-    return StepPotential(prm, aggregation=aggregation, mode=mode, temperature=potential_temperature)
-
-
-def _check_n(n, name="num_particles", minimum=1):
+def check_count(n, name: str = "num_particles", minimum: int = 1) -> int:
+    """``int(n)`` if ``n`` is an int (not a bool) ``>= minimum``; else a ``ValueError`` naming
+    the argument ``name``. The check of every count argument of the samplers and searches."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {n!r}")
     return int(n)
@@ -1206,12 +1236,14 @@ def particle_filter(
       resampling: scheme name (default: ``"systematic"`` twisted, ``"multinomial"`` paper).
       paper_rounds: ``"all_finished"`` (its_hub: stop when every particle has finished) or
         ``"max_steps"`` (exactly ``max_steps`` rounds: a fixed target, see :mod:`.potentials`).
+      answer_fn: ``text -> answer`` of a generation (default :func:`boxed_answer`, the last
+        ``\\boxed{...}`` content; a task passes its own, e.g. arithmetic's ``extract_answer``).
       select: ``"argmax"`` weight or weighted ``"vote"`` over ``answer_fn`` answers.
       num_runs: run this many independent filters in one LM batch; returns a list.
     """
-    n = _check_n(num_particles)
+    n = check_count(num_particles)
     cfg = config or GenerationConfig()
-    pot = _potential(prm, aggregation, mode, potential_temperature)
+    pot = as_step_potential(prm, aggregation, mode, potential_temperature)
     if pot.mode == "paper":
         if ess_threshold not in (None, 1, 1.0):
             raise ValueError("paper mode resamples every round (its_hub): ess_threshold must be 1")
@@ -1224,11 +1256,11 @@ def particle_filter(
     get_resampler(scheme)
     if paper_rounds not in ("all_finished", "max_steps"):
         raise ValueError(f"paper_rounds must be 'all_finished' or 'max_steps', got {paper_rounds!r}")
-    runs = 1 if num_runs is None else _check_n(num_runs, "num_runs")
+    runs = 1 if num_runs is None else check_count(num_runs, "num_runs")
     ids, ctx = encode_prompt(lm, prompt)
     policies = [_SMCPolicy(pot, scheme, kappa, paper_rounds=paper_rounds) for _ in range(runs)]
-    sw = _Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, policies, key,
-                constraint=constraint, record_history=record_history).run()
+    sw = Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, policies, key,
+               constraint=constraint, record_history=record_history).run()
     out = [sw.result(g, f"pf-{pot.mode}", answer_fn, select) for g in sw.groups]
     return out if num_runs is not None else out[0]
 
@@ -1258,10 +1290,10 @@ def particle_gibbs(
     (the reference after each sweep) — a list of results if ``num_chains`` is given
     (independent chains in one batch; ``init_reference`` is then a list).
     """
-    n = _check_n(num_particles, minimum=2)
-    iters = _check_n(iterations, "iterations")
+    n = check_count(num_particles, minimum=2)
+    iters = check_count(iterations, "iterations")
     cfg = config or GenerationConfig()
-    pot = _potential(prm, aggregation, mode, potential_temperature)
+    pot = as_step_potential(prm, aggregation, mode, potential_temperature)
     kappa = float(ess_threshold)
     if not 0.0 <= kappa <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {kappa}")
@@ -1271,7 +1303,7 @@ def particle_gibbs(
         raise ValueError("ancestor sampling needs a target: use mode='twisted'")
     if ancestor_sampling and kappa < 1.0:
         raise ValueError("ancestor sampling requires resampling at every round: use ess_threshold=1.0")
-    chains = 1 if num_chains is None else _check_n(num_chains, "num_chains")
+    chains = 1 if num_chains is None else check_count(num_chains, "num_chains")
     if init_reference is None:
         refs = [None] * chains
     else:
@@ -1280,7 +1312,7 @@ def particle_gibbs(
             raise ValueError(f"init_reference has {len(refs)} trajectories for {chains} chains")
     ids, ctx = encode_prompt(lm, prompt)
     ctx = prm_context if prm_context is not None else ctx
-    key = _as_key(key)
+    key = as_key(key)
     totals = [Budget() for _ in range(chains)]
     history = [[] for _ in range(chains)]
     last = None
@@ -1289,8 +1321,8 @@ def particle_gibbs(
         k_sweep, k_draw = jax.random.split(jax.random.fold_in(key, it))
         policies = [_SMCPolicy(pot, "multinomial", kappa, conditional=True, ancestor_sampling=ancestor_sampling)
                     for _ in range(chains)]
-        sw = _Sweep(lm, cfg, ids, ctx, n, policies, k_sweep, references=refs, constraint=constraint,
-                    record_history=record_history).run()
+        sw = Sweep(lm, cfg, ids, ctx, n, policies, k_sweep, references=refs, constraint=constraint,
+                   record_history=record_history).run()
         last = [sw.result(g, "pg", answer_fn, select) for g in sw.groups]
         rng = _rng(k_draw)
         refs = [_draw_reference(r, rng) for r in last]
@@ -1328,8 +1360,8 @@ def parallel_tempering(
     ``info["swap_rates"]``. ``num_replicas`` runs independent PT systems in one batch and
     returns a list (``init_references`` is then a list of per-replica lists).
     """
-    n = _check_n(num_particles, minimum=2)
-    iters = _check_n(iterations, "iterations")
+    n = check_count(num_particles, minimum=2)
+    iters = check_count(iterations, "iterations")
     taus = [float(t) for t in temperatures]
     if len(taus) < 1 or any(not (t > 0 and math.isfinite(t)) for t in taus):
         raise ValueError(f"temperatures must be positive numbers, got {temperatures}")
@@ -1339,12 +1371,12 @@ def parallel_tempering(
     if ancestor_sampling and kappa < 1.0:
         raise ValueError("ancestor sampling requires resampling at every round: use ess_threshold=1.0")
     cfg = config or GenerationConfig()
-    base = _potential(prm, aggregation, "twisted", 1.0)
+    base = as_step_potential(prm, aggregation, "twisted", 1.0)
     if base.mode != "twisted":
         raise ValueError("parallel tempering needs a target: use a twisted potential")
     pots = [base.with_temperature(t) for t in taus]
     m = len(taus)
-    reps = 1 if num_replicas is None else _check_n(num_replicas, "num_replicas")
+    reps = 1 if num_replicas is None else check_count(num_replicas, "num_replicas")
     if init_references is None:
         refs = [[None] * m for _ in range(reps)]
     else:
@@ -1353,7 +1385,7 @@ def parallel_tempering(
             raise ValueError(f"init_references must give {m} trajectories (one per temperature) per replica")
     ids, ctx = encode_prompt(lm, prompt)
     ctx = prm_context if prm_context is not None else ctx
-    key = _as_key(key)
+    key = as_key(key)
     totals = [Budget() for _ in range(reps)]
     cold = [[] for _ in range(reps)]
     tries = np.zeros((reps, max(m - 1, 1)))
@@ -1365,7 +1397,7 @@ def parallel_tempering(
         policies = [_SMCPolicy(pots[c], "multinomial", kappa, conditional=True, ancestor_sampling=ancestor_sampling)
                     for _ in range(reps) for c in range(m)]
         flat = [refs[rp][c] for rp in range(reps) for c in range(m)]
-        sw = _Sweep(lm, cfg, ids, ctx, n, policies, k_sweep, references=flat, constraint=constraint).run()
+        sw = Sweep(lm, cfg, ids, ctx, n, policies, k_sweep, references=flat, constraint=constraint).run()
         res = [sw.result(g, "pt", answer_fn, select) for g in sw.groups]
         last = [res[rp * m : (rp + 1) * m] for rp in range(reps)]
         rng = _rng(k_draw)

@@ -28,15 +28,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .potentials import as_step_potential
 from .sampler import (
+    BeamPolicy,
     Budget,
+    FinalPolicy,
     GenerationConfig,
+    Sweep,
     TextSMCResult,
-    _BeamPolicy,
-    _check_n,
-    _FinalPolicy,
-    _potential,
-    _Sweep,
+    check_count,
     encode_prompt,
     majority_vote,
     select_answer,
@@ -67,10 +67,10 @@ def _selections(answers, scores) -> dict:
 
 def _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_context, method, record_history=False):
     cfg = config or GenerationConfig()
-    pot = None if prm is None else _potential(prm, aggregation, "twisted", 1.0)
+    pot = None if prm is None else as_step_potential(prm, aggregation, "twisted", 1.0)
     ids, ctx = encode_prompt(lm, prompt)
-    sw = _Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, [_FinalPolicy(pot)], key,
-                record_history=record_history).run()
+    sw = Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, [FinalPolicy(pot)], key,
+               record_history=record_history).run()
     res = sw.result(sw.groups[0], method, answer_fn, "argmax")
     if pot is None:
         res.scores = np.full(n, np.nan)
@@ -83,7 +83,7 @@ def best_of_n(lm, prm, prompt, num_samples: int, *, aggregation: str = "last", c
     """``N`` independent generations; ``selected`` = the highest aggregated PRM score
     (ties: lowest index). The PRM scores each finished generation once per step it needs
     (``last``/``model``: one call per generation)."""
-    n = _check_n(num_samples, "num_samples")
+    n = check_count(num_samples, "num_samples")
     res = _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_context, "best_of_n")
     return res
 
@@ -93,7 +93,7 @@ def weighted_best_of_n(lm, prm, prompt, num_samples: int, *, aggregation: str = 
                        prm_context: Optional[str] = None) -> TextSMCResult:
     """``N`` independent generations; ``selected_answer`` = the answer whose generations have
     the largest summed PRM score (``selected`` = its first generation)."""
-    n = _check_n(num_samples, "num_samples")
+    n = check_count(num_samples, "num_samples")
     res = _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_context, "weighted_best_of_n")
     res.selected, res.selected_answer = select_answer(res.answers, res.scores, "vote")
     res.selected_text = None if res.selected is None else res.texts[res.selected]
@@ -105,7 +105,7 @@ def majority(lm, prompt, num_samples: int, *, config: Optional[GenerationConfig]
              prm_context: Optional[str] = None) -> TextSMCResult:
     """``N`` independent generations; ``selected_answer`` = the most frequent answer (no PRM
     needed; give one to also fill ``scores`` and the PRM-based selections)."""
-    n = _check_n(num_samples, "num_samples")
+    n = check_count(num_samples, "num_samples")
     res = _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_context, "majority")
     res.selected_answer = res.info["selections"]["majority"]
     res.selected = None
@@ -150,15 +150,15 @@ def beam_search(lm, prm, prompt, num_beams: int, *, beam_width: int = 4, aggrega
     beam with the highest score; ``info["selections"]`` also has the score-weighted vote.
     ``ancestors[t]`` shows which beams were kept; ``record_history`` keeps every round's
     prefixes and scores (before selection) in ``info["history"]``."""
-    n = _check_n(num_beams, "num_beams")
-    m = _check_n(beam_width, "beam_width")
+    n = check_count(num_beams, "num_beams")
+    m = check_count(beam_width, "beam_width")
     if n % m:
         raise ValueError(f"num_beams ({n}) must be a multiple of beam_width ({m})")
     cfg = config or GenerationConfig()
-    pot = _potential(prm, aggregation, "twisted", 1.0)
+    pot = as_step_potential(prm, aggregation, "twisted", 1.0)
     ids, ctx = encode_prompt(lm, prompt)
-    sw = _Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, [_BeamPolicy(pot, m)], key,
-                record_history=record_history).run()
+    sw = Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, [BeamPolicy(pot, m)], key,
+               record_history=record_history).run()
     res = sw.result(sw.groups[0], "beam_search", answer_fn, "argmax")
     res.info["selections"] = _selections(res.answers, res.scores)
     return res
@@ -171,15 +171,15 @@ def dvts(lm, prm, prompt, num_beams: int, *, beam_width: int = 4, aggregation: s
     beams; in each, keep the best unfinished beam per round and expand it ``M`` ways.
     The pooled result selects the best final beam over all subtrees;
     ``info["subtrees"]`` has one result per subtree (with its own genealogy)."""
-    n = _check_n(num_beams, "num_beams")
-    m = _check_n(beam_width, "beam_width")
+    n = check_count(num_beams, "num_beams")
+    m = check_count(beam_width, "beam_width")
     if n % m:
         raise ValueError(f"num_beams ({n}) must be a multiple of beam_width ({m})")
     cfg = config or GenerationConfig()
-    pot = _potential(prm, aggregation, "twisted", 1.0)
+    pot = as_step_potential(prm, aggregation, "twisted", 1.0)
     ids, ctx = encode_prompt(lm, prompt)
-    policies = [_BeamPolicy(pot, m, keep=1) for _ in range(n // m)]
-    sw = _Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, m, policies, key,
-                record_history=record_history).run()
+    policies = [BeamPolicy(pot, m, keep=1) for _ in range(n // m)]
+    sw = Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, m, policies, key,
+               record_history=record_history).run()
     subtrees = [sw.result(g, "dvts-subtree", answer_fn, "argmax") for g in sw.groups]
     return _combine(subtrees, "dvts", len(ids))

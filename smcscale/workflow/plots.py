@@ -1,7 +1,9 @@
 """Plots people would rather look at than read: ESS traces and genealogies.
 
-All functions take an optional matplotlib ``Axes`` and return it; matplotlib is imported
-lazily so the engine does not depend on a display.
+Part of the workflow layer (:mod:`smcscale.workflow`): it reads the engine's results
+(:class:`smcscale.SMCResult`, :func:`smcscale.trace_genealogy`) and the engine never imports
+it. All functions take an optional matplotlib ``Axes`` and return it; matplotlib is imported
+lazily, so importing this module needs no display.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def plot_ess(result, ax=None, num_particles=None):
 
 def _surviving(ancestors) -> np.ndarray:
     """``(T, N)`` bool: particle ``i`` at time ``t`` has a descendant among the final particles."""
-    from .smc import trace_genealogy
+    from smcscale.smc import trace_genealogy
 
     back = np.asarray(trace_genealogy(ancestors))
     alive = np.zeros(back.shape, bool)

@@ -5,13 +5,19 @@
   (and weighted best-of-N, majority vote from the same generations) at budgets 1 and 4,
   graded, with the programmatic PRM. Prints a table, saves an accuracy-vs-budget plot;
   results are appended to ``results.jsonl`` and a rerun resumes (see
-  :mod:`smcscale.experiment`). ``--config FILE`` (JSON/TOML) runs any grid.
+  :mod:`smcscale.workflow.experiment`). ``--config FILE`` (JSON/TOML) runs any grid.
 * ``smcscale report DIR``: the table and plot of an output folder, without running.
 * ``smcscale run --shard K/N``: one of ``N`` parts of a grid (run ``N`` processes or
   machines, each with its own ``--out``); ``smcscale merge OUT DIR...`` joins the folders
-  (:func:`smcscale.experiment.merge_experiments`).
+  (:func:`smcscale.workflow.experiment.merge_experiments`).
 * ``smcscale demo``: a bootstrap particle filter on a simulated stochastic-volatility
   series: ``log Z``, an ESS summary, a plot and a JSON record.
+
+Errors (a usage error, a missing or malformed ``--config`` file, an invalid config, a
+refused resume) are one line on stderr, ``smcscale: error: ...``, with exit code 2 and no
+traceback; a config is validated in full before the output folder is created or the model
+loaded. Ctrl-C prints ``smcscale: interrupted; rerun the same command to resume from OUT``
+and exits with 130. Also ``python -m smcscale.workflow.cli``.
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ def _demo(args) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from smcscale import plots
+        from smcscale.workflow import plots
 
         fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
         axes[0].plot(np.asarray(ys), lw=0.6, color="0.3")
@@ -108,7 +114,7 @@ def _demo(args) -> int:
 def _experiment_config(args):
     import dataclasses
 
-    from smcscale import experiment as E
+    from smcscale.workflow import experiment as E
 
     cfg = E.load_config(args.config) if args.config else E.DEFAULT_CONFIG
     changes = {}
@@ -137,7 +143,7 @@ def _experiment_config(args):
 
 
 def _run(args) -> int:
-    from smcscale import experiment as E
+    from smcscale.workflow import experiment as E
 
     cfg = _experiment_config(args)
     shard = None
@@ -153,7 +159,7 @@ def _run(args) -> int:
 def _report(args) -> int:
     import json
 
-    from smcscale import experiment as E
+    from smcscale.workflow import experiment as E
 
     path = os.path.join(args.dir, "results.jsonl")
     if not os.path.exists(path):
@@ -172,7 +178,7 @@ def _report(args) -> int:
 
 
 def _merge(args) -> int:
-    from smcscale import experiment as E
+    from smcscale.workflow import experiment as E
 
     E.merge_experiments(args.out, args.sources)
     print(f"table and plot: smcscale report {args.out}")
@@ -180,7 +186,7 @@ def _merge(args) -> int:
 
 
 def _add_run_arguments(p) -> None:
-    p.add_argument("--config", help="experiment config (JSON or TOML; fields of smcscale.experiment.ExperimentConfig)")
+    p.add_argument("--config", help="experiment config (JSON or TOML; fields of smcscale.workflow.experiment.ExperimentConfig)")
     p.add_argument("--out", default=os.path.join("smcscale_runs", "main"), help="output folder (a rerun resumes)")
     p.add_argument("--problems", type=int, help="number of problems from the start of the split")
     p.add_argument("--split", help="task split (default easy-test)")
@@ -194,8 +200,15 @@ def _add_run_arguments(p) -> None:
     p.add_argument("--no-plot", action="store_true", help="no PNG")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit code 2), like every other error of the CLI."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="smcscale",
         description="Sequential Monte Carlo inference-time scaling in JAX. With no command: `smcscale run` "
         "(SmolLM2, particle filtering vs best-of-N on easy arithmetic problems).",
@@ -228,15 +241,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
 def main(argv=None) -> int:
+    """Run the command line; returns the exit code (0; 2 on an error; 130 on Ctrl-C).
+
+    An error (a bad argument or config, a missing file, a refused resume...) is one line on
+    stderr, ``smcscale: error: ...``, with exit code 2 and no traceback. Ctrl-C stops a run
+    with one line saying how to resume it (exit code 130)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         args.func = _run
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        hint = f"; rerun the same command to resume from {args.out}" if args.func is _run else ""
+        print(f"smcscale: interrupted{hint}", file=sys.stderr)
+        return 130
+    except OSError as e:
+        what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        print(f"smcscale: error: {_one_line(what)}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError) as e:
-        print(f"smcscale: error: {e}", file=sys.stderr)
+        print(f"smcscale: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

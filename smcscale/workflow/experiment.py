@@ -6,6 +6,14 @@ one problem with compute budget ``N`` (generations / particles / beams) and is g
 record (answer, correctness, budget counters, wall time, ...) is appended to
 ``results.jsonl`` as one line, flushed and ``fsync``-ed as soon as the unit finishes.
 
+**Validation first.** A config is checked in full when it is built (:func:`load_config`,
+:class:`ExperimentConfig`, :class:`MethodSpec`): keys, method kinds, every method's option
+names against its sampler's keyword arguments (:func:`method_options`), budgets, seeds and
+generation settings. :func:`run_experiment` then checks the problems and the shard before it
+creates the output folder or loads the model; and a folder it created is removed again if
+the run fails before its first result (an option value only the sampler can refuse), so a
+corrected config never meets a folder that refuses it.
+
 **Resuming.** On start the runner reads ``results.jsonl``; a unit whose id is already there
 is skipped, so a rerun after a crash or ``kill -9`` redoes nothing that finished and loses
 nothing. A torn last line (a kill in the middle of a write) is detected (it does not end
@@ -65,12 +73,17 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from smcscale.stats import wilson_interval  # re-exported: part of this module's API
+
 __all__ = [
     "MethodSpec",
+    "method_options",
     "ExperimentConfig",
     "DEFAULT_CONFIG",
     "load_config",
     "unit_id",
+    "grid_problems",
+    "grid_units",
     "ResultStore",
     "run_units",
     "run_experiment",
@@ -95,7 +108,9 @@ class MethodSpec:
     """One method of the grid: a display ``name``, its ``kind`` (see the module docstring)
     and keyword ``options`` forwarded to the sampler (e.g. ``{"mode": "paper"}`` for ``pf``,
     ``{"iterations": 2, "ancestor_sampling": True}`` for ``pg``, ``{"beam_width": 2}``).
-    The reserved option ``budgets`` overrides the grid's budgets for this method."""
+    The reserved option ``budgets`` overrides the grid's budgets for this method. Option
+    names are checked here (:func:`method_options` lists them per kind): an unknown one is a
+    ``ValueError`` naming the method, the option and the valid choices."""
 
     name: str
     kind: str
@@ -104,8 +119,9 @@ class MethodSpec:
     def __post_init__(self):
         if self.kind not in METHOD_KINDS:
             raise ValueError(f"unknown method kind {self.kind!r} for method {self.name!r}; choose from {METHOD_KINDS}")
-        if not self.name or "|" in self.name:
+        if not isinstance(self.name, str) or not self.name or "|" in self.name:
             raise ValueError(f"method name must be non-empty and contain no '|', got {self.name!r}")
+        _check_options(self.name, self.kind, self.options)
 
     def budgets(self, grid: Sequence[int]) -> tuple:
         """The budgets this method runs at: ``options["budgets"]`` if given (e.g. one large
@@ -121,6 +137,65 @@ class MethodSpec:
         if self.kind == "pg":
             return 2 * int(self.options.get("iterations", 2))
         return 1
+
+
+#: the sampler or search function that runs each kind at budget ``N`` (greedy: ``best_of_n``
+#: at ``N = 1``, temperature 0, without options)
+_KIND_FUNCTIONS = {
+    "independent": ("smcscale.text.search", "best_of_n"),
+    "beam": ("smcscale.text.search", "beam_search"),
+    "dvts": ("smcscale.text.search", "dvts"),
+    "pf": ("smcscale.text.sampler", "particle_filter"),
+    "pg": ("smcscale.text.sampler", "particle_gibbs"),
+}
+#: arguments the runner passes itself (the model, the problem, the budget, the key...)
+_RUNNER_ARGUMENTS = frozenset({"lm", "prm", "prompt", "num_samples", "num_beams", "num_particles", "config", "key",
+                               "answer_fn", "prm_context"})
+#: options with positive-integer values (``budgets``: a list of them)
+_POSITIVE_INT_OPTIONS = ("iterations", "beam_width")
+
+
+def method_options(kind: str) -> tuple:
+    """The option names a method of ``kind`` accepts in :attr:`MethodSpec.options`: the
+    keyword arguments of its sampler (:mod:`smcscale.text.sampler`,
+    :mod:`smcscale.text.search`) that the runner does not set itself, plus the reserved
+    ``budgets``. ``greedy`` takes ``budgets`` only (it runs at ``N = 1`` anyway)."""
+    import importlib
+    import inspect
+
+    if kind not in METHOD_KINDS:
+        raise ValueError(f"unknown method kind {kind!r}; choose from {METHOD_KINDS}")
+    names = {"budgets"}
+    if kind in _KIND_FUNCTIONS:
+        module, fn = _KIND_FUNCTIONS[kind]
+        params = inspect.signature(getattr(importlib.import_module(module), fn)).parameters.values()
+        names |= {p.name for p in params
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _RUNNER_ARGUMENTS}
+    return tuple(sorted(names))
+
+
+def _check_options(name: str, kind: str, options) -> None:
+    """Validate a method's options up front (names, and the values the runner itself reads),
+    so that a typo fails before an output folder is created or the model is loaded."""
+    if not isinstance(options, dict):
+        raise ValueError(f"method {name!r}: options must be a mapping, got {options!r}")
+    valid = method_options(kind)
+    unknown = sorted(k for k in options if k not in valid)
+    if unknown:
+        raise ValueError(f"method {name!r} (kind {kind!r}): unknown option{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
+
+    def positive_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    budgets = options.get("budgets", [1])
+    if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__") or not list(budgets) \
+            or not all(positive_int(b) for b in budgets):
+        raise ValueError(f"method {name!r}: option 'budgets' must be a non-empty list of positive integers, "
+                         f"got {budgets!r}")
+    for k in _POSITIVE_INT_OPTIONS:
+        if k in options and not positive_int(options[k]):
+            raise ValueError(f"method {name!r}: option {k!r} must be a positive integer, got {options[k]!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +226,10 @@ class ExperimentConfig:
     generation: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        fields = {f.name for f in dataclasses.fields(MethodSpec)}
+        for m in self.methods:
+            if not isinstance(m, MethodSpec) and (not isinstance(m, dict) or not {"name", "kind"} <= set(m) <= fields):
+                raise ValueError(f"each method needs 'name' and 'kind' (and optionally 'options'), got {m!r}")
         methods = tuple(m if isinstance(m, MethodSpec) else MethodSpec(**m) for m in self.methods)
         object.__setattr__(self, "methods", methods)
         object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))
@@ -170,7 +249,7 @@ class ExperimentConfig:
             raise ValueError(f"unknown lm {self.lm!r}; choose from ('smollm2',)")
         if self.prm != "programmatic":
             raise ValueError(f"unknown prm {self.prm!r}; choose from ('programmatic',)")
-        from .text.sampler import GenerationConfig
+        from smcscale.text.sampler import GenerationConfig
 
         GenerationConfig(**self.generation)  # validate early, with its messages
 
@@ -208,23 +287,38 @@ DEFAULT_CONFIG = ExperimentConfig(
 
 
 def load_config(path) -> ExperimentConfig:
-    """An :class:`ExperimentConfig` from a JSON or TOML file (keys as its fields)."""
-    path = os.fspath(path)
-    if path.endswith(".toml"):
-        import tomllib
+    """An :class:`ExperimentConfig` from a JSON or TOML file (keys as its fields).
 
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    else:
-        with open(path) as f:
-            data = json.load(f)
+    Everything is validated here, before anything is written or loaded: the keys, every
+    method's kind and option names (:func:`method_options`), budgets, seeds and generation
+    settings. A missing file raises ``FileNotFoundError``; a file that does not parse, or
+    does not validate, a ``ValueError`` whose one-line message starts with the path (and,
+    for a parse error, gives the parser's line and column)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, "no such config file", path)
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        else:
+            with open(path) as f:
+                data = json.load(f)
+    except ValueError as e:  # tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError
+        kind = "TOML" if path.endswith(".toml") else "JSON"
+        raise ValueError(f"{path}: not valid {kind}: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a mapping of ExperimentConfig fields")
     known = {f.name for f in dataclasses.fields(ExperimentConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
-    return ExperimentConfig(**data)
+    try:
+        return ExperimentConfig(**data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def unit_id(problem_id: str, method: str, budget: int, seed: int) -> str:
@@ -339,8 +433,10 @@ def run_units(units: Sequence[dict], solve: Callable[[dict], dict], store: Resul
 # the arithmetic task
 
 
-def _problems(cfg: ExperimentConfig):
-    from .tasks import arithmetic as A
+def grid_problems(cfg: ExperimentConfig) -> list:
+    """The problems of ``cfg``'s grid, in order: the first ``cfg.problems`` of
+    ``cfg.split`` (an int), or the listed problem ids (a sequence of ids)."""
+    from smcscale.tasks import arithmetic as A
 
     probs = A.load_split(cfg.split)
     if isinstance(cfg.problems, int):
@@ -354,7 +450,13 @@ def _problems(cfg: ExperimentConfig):
     return [by_id[i] for i in cfg.problems]
 
 
-def _units(cfg: ExperimentConfig, problems) -> list[dict]:
+def grid_units(cfg: ExperimentConfig, problems: Optional[Sequence] = None) -> list[dict]:
+    """Every unit of ``cfg``'s grid (unsharded), as ``{"unit", "problem", "method", "kind",
+    "budget", "seed"}`` dicts in run order; ``problems`` defaults to
+    :func:`grid_problems` ``(cfg)``. A unit's ``"unit"`` is its :func:`unit_id`, the key of
+    its record in ``results.jsonl``."""
+    if problems is None:
+        problems = grid_problems(cfg)
     out = []
     for seed in cfg.seeds:
         for p in problems:
@@ -375,10 +477,9 @@ def _unit_key(u: dict):
 
 
 def _solver(cfg: ExperimentConfig, lm, problems) -> Callable[[dict], dict]:
-    from .tasks import arithmetic as A
-    from .text import sampler as S
-    from .text import search as Q
-    from .text.potentials import ProgrammaticPRM
+    from smcscale.tasks import arithmetic as A
+    from smcscale.text import sampler as S
+    from smcscale.text import search as Q
 
     by_id = {p.id: p for p in problems}
     methods = {m.name: m for m in cfg.methods}
@@ -387,7 +488,7 @@ def _solver(cfg: ExperimentConfig, lm, problems) -> Callable[[dict], dict]:
     def solve(u: dict) -> dict:
         p, m, n = by_id[u["problem"]], methods[u["method"]], u["budget"]
         prompt = A.format_prompt(p)
-        prm = ProgrammaticPRM()
+        prm = A.ProgrammaticPRM()
         common = dict(key=_unit_key(u), answer_fn=A.extract_answer, prm_context=p.question)
         opts = m.sampler_options()
         t0 = time.perf_counter()
@@ -537,10 +638,10 @@ def merge_experiments(out_dir, sources: Sequence, *, echo: Callable[[str], None]
     if all(isinstance(c.problems, int) for c in cfgs):
         problems = max(c.problems for c in cfgs)
     else:
-        from .tasks import arithmetic as A
+        from smcscale.tasks import arithmetic as A
 
         order = {p.id: i for i, p in enumerate(A.load_split(cfgs[0].split))}
-        ids = {p.id for c in cfgs for p in _problems(c)}
+        ids = {p.id for c in cfgs for p in grid_problems(c)}
         problems = sorted(ids, key=order.__getitem__)
     merged = dataclasses.replace(
         cfgs[0], methods=tuple(methods.values()), problems=problems,
@@ -570,28 +671,45 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, lm=None, progress: bool = 
     ``results.jsonl`` (one line per unit, appended as it finishes), ``summary.json`` and
     ``accuracy_vs_budget.png``. ``lm`` defaults to the embedded SmolLM2. ``shard=(k, n)``
     runs only the ``k``-th of ``n`` parts of the grid (:func:`shard_units`; join the folders
-    with :func:`merge_experiments`). Returns the summary (of the units run here)."""
+    with :func:`merge_experiments`). Returns the summary (of the units run here).
+
+    The problems and the shard are checked before ``out_dir`` is created or the model is
+    loaded (the config itself was checked when it was built). If this call created
+    ``out_dir`` and fails, or is interrupted, before the first result is recorded, the
+    folder is removed again."""
     out_dir = os.fspath(out_dir)
-    problems = _problems(cfg)
-    units = _units(cfg, problems)
+    problems = grid_problems(cfg)
+    units = grid_units(cfg, problems)
     total, part = len(units), ""
     if shard is not None:
         units = shard_units(units, shard)
         if not units:
             raise ValueError(f"shard {shard[0]}/{shard[1]} of this grid is empty ({total} units): use fewer shards")
         part = f"shard {shard[0]}/{shard[1]}: {len(units)} of "
+    created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    _check_resume(cfg, out_dir)
-    store = ResultStore(os.path.join(out_dir, "results.jsonl"))
-    todo = sum(u["unit"] not in store.done for u in units)
-    echo(f"smcscale: {part}{total} units ({len(problems)} problems x {len(cfg.methods)} methods x budgets "
-         f"{list(cfg.budgets)} x seeds {list(cfg.seeds)}); {len(units) - todo} already done in {out_dir}")
-    if todo:
-        if lm is None:
-            from .text.lm import load_default_lm
+    try:
+        _check_resume(cfg, out_dir)
+        store = ResultStore(os.path.join(out_dir, "results.jsonl"))
+        todo = sum(u["unit"] not in store.done for u in units)
+        echo(f"smcscale: {part}{total} units ({len(problems)} problems x {len(cfg.methods)} methods x budgets "
+             f"{list(cfg.budgets)} x seeds {list(cfg.seeds)}); {len(units) - todo} already done in {out_dir}")
+        if todo:
+            if lm is None:
+                from smcscale.text.lm import load_default_lm
 
-            lm = load_default_lm()
-        run_units(units, _solver(cfg, lm, problems), store, progress=progress, desc="experiment")
+                lm = load_default_lm()
+            run_units(units, _solver(cfg, lm, problems), store, progress=progress, desc="experiment")
+    except BaseException:
+        # a folder this call created and that holds no result yet (the model failed to load, an
+        # option value was refused by the sampler...) is removed, so that it cannot refuse the
+        # corrected config on the next run
+        results = os.path.join(out_dir, "results.jsonl")
+        if created and (not os.path.exists(results) or os.path.getsize(results) == 0):
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     records = [r for r in store.records if r["unit"] in {u["unit"] for u in units}]
     summary = summarize(records, cfg)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
@@ -607,17 +725,6 @@ def run_experiment(cfg: ExperimentConfig, out_dir, *, lm=None, progress: bool = 
 
 # ---------------------------------------------------------------------------------------
 # summary, table, plot
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion ``k / n`` (95% by default)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 def summarize(records: Sequence[dict], cfg: Optional[ExperimentConfig] = None) -> dict:
@@ -664,7 +771,7 @@ def subsampled_accuracy(samples: Sequence, reference, k: int, rule: str = "best_
     estimate of the best-of-k accuracy on that problem, for every ``k`` from one pool.
     ``rule`` is ``best_of_n`` (top score, ties: first), ``weighted_best_of_n`` (largest
     summed score per answer) or ``majority``."""
-    from .text.sampler import majority_vote, select_answer, weighted_majority_vote
+    from smcscale.text.sampler import majority_vote, select_answer, weighted_majority_vote
 
     n = len(samples)
     if not 1 <= k <= n:
