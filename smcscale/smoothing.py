@@ -672,7 +672,14 @@ def weighted_sum(tree, log_weights):
 
 
 def _paris_init(key, state, inputs_0, *, additive_fn):
-    tau = _float_tree(additive_fn(None, state.particles, inputs_0))
+    try:
+        h0 = additive_fn(None, state.particles, inputs_0)
+    except (TypeError, AttributeError) as err:
+        raise TypeError(
+            "additive_fn(x_prev, x, inputs_t) is called with x_prev=None at t = 0, where it must return "
+            f"h_0(x_0) (e.g. `if x_prev is None: return ...`); it raised {type(err).__name__}: {err}"
+        ) from err
+    tau = _float_tree(h0)
     _check_tau(tau, _leading(state.particles), "t = 0")
     return tau
 

@@ -54,7 +54,17 @@ class StateSpaceModel(NamedTuple):
 
 
 def _log_obs(ssm, x, inputs_t):
-    return ssm.observation(x, inputs_t).log_prob(ssm.observed(inputs_t))
+    d = ssm.observation(x, inputs_t)
+    y = ssm.observed(inputs_t)
+    event = tuple(getattr(d, "event_shape", ()))
+    y_shape = tuple(getattr(y, "shape", ()))
+    if event and (len(y_shape) < len(event) or y_shape[len(y_shape) - len(event):] != event):
+        raise ValueError(
+            f"the observation y_t has shape {y_shape} but the model's observation distribution has event "
+            f"shape {event}: give observations with a trailing axis of that shape, e.g. ys of shape "
+            f"(T, {', '.join(map(str, event))}) (ys[:, None] for one observed dimension)"
+        )
+    return d.log_prob(y)
 
 
 def _transition_log_density(ssm):

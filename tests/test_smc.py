@@ -242,3 +242,67 @@ def test_all_particles_dead():
     assert not np.isnan(np.asarray(r.log_weights)).any()
     assert not np.isnan(np.asarray(r.ess)).any() and (np.asarray(r.ess)[2:] == 0).all()
     assert not np.isnan(np.asarray(r.particles)).any()
+
+
+# ------------------------------------------------------------------ rough edges (issue 13)
+
+
+def test_wrong_sample_initial_shape_is_reported_as_sample_initial():
+    fk = smc.FeynmanKac(
+        sample_initial=lambda key, n, u: jax.random.normal(key, (n + 1,)),  # one row too many
+        sample_transition=lambda key, x, u: x,
+        log_potential=lambda x_prev, x, u: jnp.zeros(x.shape[0]),
+    )
+    with pytest.raises(ValueError, match=r"sample_initial must return particles whose leaves have leading axis 10.*\(11,\)"):
+        smc.run(jax.random.key(0), fk, None, 10, num_steps=3)
+    bad_move = fk._replace(
+        sample_initial=lambda key, n, u: jax.random.normal(key, (n,)),
+        sample_transition=lambda key, x, u: jnp.stack([x, x], axis=1),  # changes the particle shape
+    )
+    with pytest.raises(ValueError, match="sample_transition must return particles"):
+        smc.run(jax.random.key(0), bad_move, None, 10, num_steps=3)
+
+
+def test_record_accepts_a_single_name(lgssm_data):
+    fk = smc.bootstrap(lgssm.univariate())
+    ys = lgssm_data["ys"][:10]
+    one = smc.run(jax.random.key(0), fk, ys, 50, record="ancestors")
+    many = smc.run(jax.random.key(0), fk, ys, 50, record=["ancestors"])
+    assert one.ancestors.shape == (10, 50)
+    np.testing.assert_array_equal(np.asarray(one.ancestors), np.asarray(many.ancestors))
+    with pytest.raises(ValueError, match=r"unknown record option\(s\) \['ancestor'\]"):
+        smc.run(jax.random.key(0), fk, ys, 50, record="ancestor")
+
+
+def test_one_dimensional_observations_for_a_vector_observation_model():
+    params = smc.kalman.univariate_params(0.9, 1.0, 0.2)
+    fk = smc.bootstrap(lgssm.multivariate(params))  # observation: MultivariateNormal, event shape (1,)
+    ys = jnp.sin(jnp.arange(20) / 3.0)
+    with pytest.raises(ValueError, match=r"observation y_t has shape \(\) .* event shape \(1,\).*ys\[:, None\]"):
+        smc.run(jax.random.key(0), fk, ys, 100)
+    assert np.isfinite(float(smc.run(jax.random.key(0), fk, ys[:, None], 100).log_z))
+
+
+def test_run_with_a_hook_carries_and_resamples_extra_state(lgssm_data):
+    """The driver's StepHook: a per-particle count of steps along each lineage, resampled with
+    the particles, is exactly t + 1 for every particle; the filter's draws are unchanged."""
+    fk = smc.bootstrap(lgssm.univariate())
+    ys = lgssm_data["ys"][:12]
+
+    def init(key, state, u0):
+        return {"steps": jnp.ones(state.log_weights.shape[0]), "x0": state.particles}
+
+    def update(key, tr):
+        return tr.state, {"steps": tr.extra["steps"] + 1.0, "x0": tr.extra["x0"]}
+
+    hook = smc.StepHook(init, update)
+    res = smc.run(jax.random.key(3), fk, ys, 200, ess_threshold=1.0, hook=hook, record=["ancestors", "particles"])
+    plain = smc.run(jax.random.key(3), fk, ys, 200, ess_threshold=1.0, record=["ancestors", "particles"])
+    np.testing.assert_array_equal(np.asarray(res.extra["steps"]), 12.0)
+    np.testing.assert_array_equal(np.asarray(res.particles), np.asarray(plain.particles))
+    assert float(res.log_z) == float(plain.log_z)
+    # x0 followed the genealogy: it is the time-0 particle of each final particle's lineage
+    lineage = smc.trace_genealogy(res.ancestors)
+    np.testing.assert_array_equal(np.asarray(res.extra["x0"]), np.asarray(res.particles_history[0][lineage[0]]))
+    with pytest.raises(TypeError, match="hook must be a smcscale.StepHook"):
+        smc.run(jax.random.key(3), fk, ys, 20, hook=(init, update))

@@ -246,3 +246,9 @@ def test_bad_input(data):
         sm.paris(jax.random.key(0), fk, {"y": ys, "z": ys[:-1]}, 32, additive)
     with pytest.raises(ValueError, match="start"):
         sm.backward_indices(jax.random.key(0), fk, ys, jnp.zeros(T), ys[:3], None, method="mh", start=jnp.zeros(2, jnp.int32))
+
+
+def test_paris_additive_fn_without_the_t0_case_gets_a_clear_error(data):
+    fk, ys = _bootstrap(), data["ys"][:5]
+    with pytest.raises(TypeError, match=r"called with x_prev=None at t = 0.*h_0\(x_0\)"):
+        sm.paris(jax.random.key(0), fk, ys, 32, lambda x_prev, x, u: x - x_prev)
