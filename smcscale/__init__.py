@@ -4,7 +4,7 @@ The engine (this package's top level) runs Feynman–Kac models with jitted, ESS
 particle filters. See README.md for a tour.
 """
 
-from . import checks, csmc, kalman, learning, models, ppg, resampling, smoothing, static, tempering, weights
+from . import checks, csmc, kalman, learning, models, ppg, resampling, smoothing, static, stats, tempering, weights
 from .fk import FeynmanKac
 from .resampling import RESAMPLERS, get_resampler
 from .smc import (
@@ -58,6 +58,7 @@ __all__ = [
     "normalized_weights",
     "checks",
     "static",
+    "stats",
     "csmc",
     "kalman",
     "learning",

@@ -59,8 +59,10 @@ def test_network_is_a_score_model_with_batched_guidance(tiny):
     np.testing.assert_allclose(per_row[:3], out[:3], atol=1e-5)
     # ε adapter: s = -ε̂ / σ_t
     np.testing.assert_allclose(out, -s.eps(x, t, 3) / models.sde.sigma(t), rtol=1e-5, atol=1e-5)
-    # CFG with FKC on the network: one batched call per step, budgets counted
-    r = dm.sample(jax.random.key(1), dm.cfg(s, 2.0, 7), models.sde, 16, 10)
+    # CFG with FKC on the network: one batched call per step, budgets counted (the tiny network
+    # at 10 steps is not meant to give good samples: they leave the data range, which the
+    # degeneracy diagnostic of sample() reports; this test is about shapes and budgets)
+    r = dm.sample(jax.random.key(1), dm.cfg(s, 2.0, 7), models.sde, 16, 10, on_degenerate="ignore")
     assert r.samples.shape == (16, 64) and bool(jnp.all(jnp.isfinite(r.samples)))
     assert int(r.nfe) == 16 * 10 * 2 and int(r.score_calls) == 10
     assert np.isfinite(float(r.log_z))

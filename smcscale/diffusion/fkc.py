@@ -79,6 +79,26 @@ models, ``verifier_calls`` the reward evaluations of one particle (tilt gradient
 :func:`euler_maruyama` is the plain sampler (no weights, no resampling: the "naive"
 baseline), with the same drift, grid and evaluation count; ``ode=True`` integrates the
 probability-flow ODE (``σ = 0``) instead, as the noise-search baselines need.
+
+Degenerate runs
+---------------
+Too few steps break the sampler silently: explicit Euler on the stiff drift ``−f + c S``
+overshoots when ``h |∂drift/∂x| > 2`` (VP, ``q^3``: ``J_T = λ_T/2 − B g_T² = −50``, so
+``K < 25`` steps explode; 10 steps land at ``|x| ≈ 90`` with ``log Ẑ ≈ 1e7``), and even
+stable steps can be too coarse for the weights (``K = 40``: ESS ≈ 1 of 1000). :func:`sample`
+therefore checks every eager run with :func:`diagnose` (ESS collapse below
+``max(2, 0.01 N)``, non-finite values, samples outside ``10 sqrt(v) + data extent``,
+:func:`euler_stability`) and warns (:class:`DiffusionDiagnosticWarning`) or raises
+(``on_degenerate="raise"``). The 2-D toy targets are healthy from ``K = 100`` (``q^3``) and
+``K = 40`` (product, CFG ``w = 3``) at ``N = 1000``.
+
+Compile once
+------------
+Targets are named tuples of the user's score models, floats and conditions, with no inner
+closures: equal arguments give equal, equally hashed targets (:class:`Expert`: conditions by
+value, small arrays included), so :func:`sample` and :func:`euler_maruyama` reuse their
+compiled code for a freshly built ``anneal(score, 3.0)`` as long as ``score`` is the same
+object (or an equal :class:`~smcscale.diffusion.scores.AnalyticScore`).
 """
 
 from __future__ import annotations
