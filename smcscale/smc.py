@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from .checks import as_key, has_inputs, num_steps_of, positive_int, slice_inputs
 from .checks import ess_threshold as check_ess_threshold
@@ -175,6 +176,16 @@ def _clean_log_potential(lg, num_particles):
     return jnp.where(invalid, -jnp.inf, lg), jnp.sum(invalid).astype(jnp.int32)
 
 
+def _replicate(x, sharding):
+    """Weights and log-potentials (N floats) live replicated on every device of the mesh:
+    the reductions over particles (logsumexp, ESS) and the resampler then run in the
+    single-device order, so a sharded run equals an unsharded one (same ancestors and
+    particles; tests/test_sharding.py). A no-op without a mesh."""
+    if sharding is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(sharding.mesh, PartitionSpec()))
+
+
 def _shard(tree, sharding):
     if sharding is None:
         return tree
@@ -223,7 +234,7 @@ def init(key, fk: FeynmanKac, inputs_0, config: SMCConfig, sharding=None):
     lg = fk.log_potential(None, x, inputs_0)
     _check_log_potential_shape(lg, n, "t = 0")
     lg, n_bad = _clean_log_potential(lg, n)
-    lg = _shard(lg, sharding)
+    lg = _replicate(lg, sharding)
     lse = safe_logsumexp(lg)
     log_z = lse - jnp.log(n)
     lw = log_normalize(lg)
@@ -266,6 +277,7 @@ def smc_step(
     if fk.log_lookahead is not None:
         log_eta = jnp.asarray(fk.log_lookahead(x_prev, inputs_t))
         log_eta = jnp.where(jnp.isnan(log_eta), -jnp.inf, log_eta)
+        log_eta = _replicate(log_eta, sharding)
     else:
         log_eta = None
 
@@ -317,8 +329,9 @@ def smc_step(
     lg = fk.log_potential(x_prev_res, x, inputs_t)
     _check_log_potential_shape(lg, n, "t >= 1")
     lg, n_bad = _clean_log_potential(lg, n)
+    lg = _replicate(lg, sharding)
     lw_new, inc = reweight(carried, lg)
-    lw_new = _shard(lw_new, sharding)
+    lw_new = _replicate(lw_new, sharding)
     dead_before = jnp.isneginf(state.log_z)
     log_z = jnp.where(dead_before, -jnp.inf, state.log_z + inc)
     info = StepInfo(_ess_of_normalized(lw_new), do_resample, anc, n_bad)
@@ -610,8 +623,6 @@ def run(
 
     sharding = None
     if mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
-
         if particle_axis not in mesh.axis_names:
             raise ValueError(f"mesh has axes {mesh.axis_names}, no particle axis {particle_axis!r}")
         size = mesh.shape[particle_axis]

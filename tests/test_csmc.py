@@ -28,6 +28,7 @@ def _data(T, seed=5):
         ("PG+backward", {"backward_sampling": True}, 10, 4000),
     ],
 )
+@pytest.mark.slow
 def test_particle_gibbs_is_invariant_for_the_smoother(label, kwargs, n, iters):
     ys, mean, var = _data(20)
     fk = smc.bootstrap(lgssm.univariate())
@@ -43,6 +44,7 @@ def test_particle_gibbs_is_invariant_for_the_smoother(label, kwargs, n, iters):
     assert (err2 < 5 * se2 + 1e-3).all(), f"{label}: worst t={err2.argmax()} err {err2.max():.4f} se {se2[err2.argmax()]:.4f}"
 
 
+@pytest.mark.slow
 def test_pgas_mixes_better_than_pg_at_small_n():
     ys, _, _ = _data(50)
     fk = smc.bootstrap(lgssm.univariate())

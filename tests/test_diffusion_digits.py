@@ -29,6 +29,7 @@ def test_data_split_and_scaling():
     assert len(xte) == round(0.2 * 1797)
 
 
+@pytest.mark.slow
 def test_train_cache_and_reload(tiny, monkeypatch):
     root, models = tiny
     assert models.info["cached"] is False
@@ -47,6 +48,7 @@ def test_train_cache_and_reload(tiny, monkeypatch):
     assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b))
 
 
+@pytest.mark.slow
 def test_network_is_a_score_model_with_batched_guidance(tiny):
     _, models = tiny
     s = models.score
@@ -68,6 +70,7 @@ def test_network_is_a_score_model_with_batched_guidance(tiny):
     assert np.isfinite(float(r.log_z))
 
 
+@pytest.mark.slow
 def test_metrics(tiny):
     _, models = tiny
     _, _, xte, yte = digits.load_data(digits.TINY)

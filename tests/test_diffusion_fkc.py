@@ -110,6 +110,7 @@ def test_discretised_limit_converges_to_exact(name):
 
 
 @pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.slow
 def test_gaussian_moments_and_log_z(name):
     experts, tilt = CASES[name]
     lz_exact, mean_exact, var_exact = exact(experts, tilt)
@@ -147,6 +148,7 @@ def test_naive_gaussian_moments_are_wrong():
     assert abs(np.mean(x.var(-1)) - 0.125) > 0.03
 
 
+@pytest.mark.slow
 def test_adaptive_resampling_and_window_keep_the_target():
     """ESS-adaptive resampling and a resampling window change the variance, not the target."""
     experts, _ = CASES["anneal_beta2"]
@@ -177,6 +179,7 @@ def test_adaptive_resampling_and_window_keep_the_target():
     assert float(np.asarray(r.ess)[:, -1].mean()) < N1
 
 
+@pytest.mark.slow
 def test_importance_sampling_without_resampling_collapses():
     """Pure importance weighting (no resampling) degenerates: final ESS a few % of N. (With
     resampling every step the final weights are equal: checked in the moments test.)"""
@@ -240,6 +243,7 @@ def test_mmd_of_exact_samples_is_near_zero_and_weights_count():
 
 
 @pytest.mark.parametrize("sde,name", [(dm.VESDE(), "anneal_beta2"), (dm.EDMSDE(), "product")], ids=["ve-anneal", "edm-product"])
+@pytest.mark.slow
 def test_ve_and_edm(sde, name):
     """The exact 1-D targets under VE and EDM (no closed-form discretisation error here: the
     tolerance is the replicate SE plus an allowance of 2% of the variance, about twice the VP
@@ -274,6 +278,7 @@ def test_tempered_noise_warns_where_unstable():
         dm.euler_maruyama(jax.random.key(0), dm.anneal(ve_s, 2.5), ve, 4, 2, noise="tempered")
 
 
+@pytest.mark.slow
 def test_tempered_noise_is_correct_where_stable():
     """β = 1.5 with σ² = g²/B (a different, stable SDE): the exact target, and no warning."""
     target = dm.anneal(_gauss(1.0, 0.25).score_model(SDE), 1.5)

@@ -49,6 +49,7 @@ def test_potentials_multiply_to_the_terminal_tilt():
 
 
 @pytest.mark.parametrize("potential", ["diff", "max", "sum", "rt"])
+@pytest.mark.slow
 def test_steering_targets_the_tilted_law(potential):
     k_steps, n, reps = 100, 2000, 12
     _, m_k, v_k = fkc_limit([(1.0, Q_MEAN, Q_VAR)], k_steps, weights=False)
@@ -69,6 +70,7 @@ def test_steering_targets_the_tilted_law(potential):
     assert int(r.verifier_calls[0]) == n * 11 and int(r.nfe[0]) == n * k_steps
 
 
+@pytest.mark.slow
 def test_steering_composes_with_fkc_and_carries_weights():
     """CFG target + reward steering with ESS-adaptive resampling runs, counts both budgets,
     and raises the reward over plain CFG."""

@@ -165,6 +165,7 @@ def _cli(args, **kw):
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
+@pytest.mark.slow
 def test_cli_on_smollm2_killed_mid_way_resumes_without_loss_or_duplicates(tmp_path):
     from smcscale.text.tokenizer import ModelNotFoundError, locate_smollm2_gguf
 

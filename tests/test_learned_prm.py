@@ -343,6 +343,7 @@ def test_corruption_and_programmatic_agreement():
 # SmolLM2 (optional, one prefix)
 
 
+@pytest.mark.slow
 def test_smollm2_scores_one_prefix():
     try:
         from smcscale.text import load_default_lm

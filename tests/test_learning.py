@@ -64,6 +64,7 @@ def _z(samples, exact):
 RUNS = 32
 
 
+@pytest.mark.slow
 def test_score_paris_matches_kalman_gradient(data):
     ys = data["ys"]
     f = jax.jit(jax.vmap(lambda k: L.score_paris(k, model, THETA, ys, 500, filter_fn=guided_at_truth)))
@@ -74,6 +75,7 @@ def test_score_paris_matches_kalman_gradient(data):
     assert np.isfinite(np.asarray(est.log_z)).all()
 
 
+@pytest.mark.slow
 def test_stop_gradient_log_z_gradient_matches_kalman_gradient(data):
     ys = data["ys"]
     f = jax.jit(jax.vmap(lambda k: L.score_stop_gradient(k, model, THETA, ys, 500, filter_fn=guided_at_truth)))
@@ -115,6 +117,7 @@ def guided_unconstrained(u):
 LOG_DENSITY = L.complete_data_log_density(ssm_unconstrained)
 
 
+@pytest.mark.slow
 def test_mle_recovers_the_kalman_mle():
     """SGA with PaRIS scores lands on the exact MLE, well within the MLE's own standard error."""
     T = 500

@@ -38,6 +38,7 @@ def _copy(state):
     return jax.tree_util.tree_map(jnp.copy, state)
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_reference(lm, reference):
     for name, case in reference["logits"].items():
         logits = np.asarray(lm.logits(case["ids"]))
@@ -51,6 +52,7 @@ def test_logits_match_transformers_reference(lm, reference):
         assert np.abs(lse - np.asarray(case["logsumexp"])).max() < LOGIT_ATOL
 
 
+@pytest.mark.slow
 def test_cached_prefill_and_decode_match_full_forward(lm, reference):
     ids = reference["logits"]["arithmetic"]["ids"]
     full = np.asarray(lm.logits(ids))
@@ -67,6 +69,7 @@ def test_cached_prefill_and_decode_match_full_forward(lm, reference):
         assert float(out.mask_logmass[0]) == pytest.approx(float(out.token_logprob[0]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_sequence_logprob_is_the_teacher_forced_sum(lm, reference):
     """log p(continuation | prompt) from one padded full forward pass equals the sum of the
     per-token log-probabilities of cached, teacher-forced decoding."""
@@ -87,6 +90,7 @@ def test_sequence_logprob_is_the_teacher_forced_sum(lm, reference):
         lm.sequence_logprob([], ids)
 
 
+@pytest.mark.slow
 def test_lipogram_mask_forbids_control_tokens(lm):
     """The lipogram mask judges text: EOS is allowed, other control tokens are not."""
     from smcscale.tasks.constraints import lipogram_constraint
@@ -101,6 +105,7 @@ def test_lipogram_mask_forbids_control_tokens(lm):
     assert len(a) == 1 and mask[a[0]] and len(e) == 1 and not mask[e[0]]
 
 
+@pytest.mark.slow
 def test_greedy_answers_paris(lm, reference):
     ids = lm.tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
     assert ids == reference["greedy"]["prompt_ids"]
@@ -112,6 +117,7 @@ def test_greedy_answers_paris(lm, reference):
     assert toks[0, :n].tolist() == reference["greedy"]["new_ids"]
 
 
+@pytest.mark.slow
 def test_batched_decoding_equals_single_decodes(lm):
     ids = lm.tokenizer.encode("Once upon a time")
     n, steps = 4, 6
@@ -136,6 +142,7 @@ def test_batched_decoding_equals_single_decodes(lm):
 
 
 @pytest.mark.parametrize("ancestors", [[2, 2, 0, 3], [0, 0, 2, 3], [3, 1]], ids=["gather", "stable-rows", "drop-rows"])
+@pytest.mark.slow
 def test_reorder_continues_as_the_ancestor(lm, ancestors):
     ids = lm.tokenizer.encode("The weather today is")
     n, steps = 4, 5
@@ -174,6 +181,7 @@ def test_reorder_continues_as_the_ancestor(lm, ancestors):
         assert toks == cont[i].tolist(), f"particle {i} (ancestor {a[i]})"
 
 
+@pytest.mark.slow
 def test_stable_ancestors_feed_the_fast_reorder(lm):
     a = jnp.asarray([3, 3, 1, 1, 0, 0, 7, 6], jnp.int32)
     sa = np.asarray(stable_ancestors(a))
@@ -181,6 +189,7 @@ def test_stable_ancestors_feed_the_fast_reorder(lm):
     assert (sa[sa] == sa).all()
 
 
+@pytest.mark.slow
 def test_sampling_options(lm):
     ids = lm.tokenizer.encode("1, 2, 3,")
     st = lm.prefill(ids, 8, 32)
@@ -267,6 +276,7 @@ def test_sample_next_matches_the_proposal():
     assert batch.tolist() == single
 
 
+@pytest.mark.slow
 def test_bad_input(lm):
     ids = list(range(100, 140))
     with pytest.raises(ValueError, match="the prompt has 40 tokens but the KV cache holds max_len=32"):

@@ -48,6 +48,7 @@ def _guard_cell():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.slow
 def test_notebook_runs(path, jupyter_path, tmp_path, monkeypatch):
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 

@@ -81,6 +81,7 @@ def test_ppg_matches_the_kalman_smoother(label, kwargs):
     assert np.asarray(r.reference_moved)[burn:, :5].mean() > 0.3
 
 
+@pytest.mark.slow
 def test_ppg_has_lower_bias_than_paris():
     """Mean over independent runs vs Kalman: PaRIS's O(1/N) bias is many SEs; PPG's is not.
 
@@ -137,6 +138,7 @@ def guided_unconstrained(u):
     )
 
 
+@pytest.mark.slow
 def test_score_climbing_recovers_the_kalman_mle():
     """PPG-driven Markov score climbing lands within 0.5 MLE standard errors of the exact MLE.
 

@@ -93,6 +93,7 @@ def weight_vectors(draw):
 @pytest.mark.parametrize("scheme", SCHEMES)
 @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(w=weight_vectors())
+@pytest.mark.slow
 def test_unbiased_on_generated_weights(scheme, w):
     n = w.shape[0]
     with np.errstate(divide="ignore"):
@@ -106,6 +107,7 @@ def test_unbiased_on_generated_weights(scheme, w):
     _assert_unbiased(counts, n * wn, scheme)
 
 
+@pytest.mark.slow
 def test_variance_ordering_systematic_and_residual_beat_multinomial():
     rng = np.random.default_rng(3)
     w = rng.dirichlet(np.ones(50))

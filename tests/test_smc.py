@@ -77,6 +77,7 @@ def test_adaptive_resampling_is_adaptive(lgssm_data):
     assert np.asarray(r1.resampled)[1:].all()
 
 
+@pytest.mark.slow
 def test_multivariate_lgssm_log_z_unbiased():
     params = smc.kalman.LGSSMParams(
         A=jnp.array([[0.8, 0.1], [0.0, 0.7]]),

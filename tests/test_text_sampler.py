@@ -595,6 +595,7 @@ def test_compaction_drops_finished_rows_and_counts_exactly(compact_rows):
 # the real model: plumbing only
 
 
+@pytest.mark.slow
 def test_particle_filter_on_smollm2_plumbing():
     from smcscale.text import ModelNotFoundError, load_default_lm
     from smcscale.tasks.arithmetic import ProgrammaticPRM

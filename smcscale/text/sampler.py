@@ -283,15 +283,7 @@ class TextSMCResult:
 
 def has_boxed(text: str) -> bool:
     """Whether ``text`` contains a complete ``\\boxed{...}`` (balanced braces)."""
-    for m in re.finditer(r"\\boxed\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            c = text[i]
-            depth += (c == "{") - (c == "}")
-            i += 1
-        if depth == 0:
-            return True
-    return False
+    return boxed_answer(text) is not None
 
 
 def boxed_answer(text: str) -> Optional[str]:
