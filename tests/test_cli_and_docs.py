@@ -27,6 +27,7 @@ def test_readme_quickstart_is_two_lines_and_ci_runs_the_second():
     assert lines[1] in ci.splitlines(), ".ci/run must contain the README's second quickstart line verbatim"
 
 
+@pytest.mark.slow
 def test_cli_demo_runs_and_writes_plot_and_record(tmp_path):
     from smcscale.workflow.cli import main
 
@@ -38,6 +39,7 @@ def test_cli_demo_runs_and_writes_plot_and_record(tmp_path):
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_cli_demo_is_reproducible(tmp_path):
     from smcscale.workflow.cli import main
 

@@ -118,6 +118,7 @@ def test_other_builders_compile_once(what):
     assert counts[0] >= 1 and counts[1:] == [0, 0], counts
 
 
+@pytest.mark.slow
 def test_particle_gibbs_csmc_paris_compile_once():
     m = lgssm.univariate()
     data = ys[:15]
@@ -146,6 +147,7 @@ def test_particle_gibbs_csmc_paris_compile_once():
     assert counts[1:] == [0, 0], counts
 
 
+@pytest.mark.slow
 def test_mle_default_optimiser_compiles_once():
     def model_fn(theta):
         rho = jnp.tanh(theta["r"])

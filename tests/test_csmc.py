@@ -61,6 +61,7 @@ def test_pgas_mixes_better_than_pg_at_small_n():
     assert (ac_as < ac_pg).all() and ac_as.mean() < 0.8, (ac_pg, ac_as)
 
 
+@pytest.mark.slow
 def test_reference_is_kept_in_slot_zero():
     ys, _, _ = _data(15)
     fk = smc.bootstrap(lgssm.univariate())
@@ -78,6 +79,7 @@ def test_reference_is_kept_in_slot_zero():
     assert traj.shape == (15,)
 
 
+@pytest.mark.slow
 def test_theta_gibbs_hook_runs_in_the_scan():
     ys, _, _ = _data(30)
 

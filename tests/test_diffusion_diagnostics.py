@@ -37,6 +37,7 @@ def _anneal():
 
 
 @pytest.mark.parametrize("k", [10, 20])
+@pytest.mark.slow
 def test_small_step_counts_warn_and_raise_on_request(k):
     with pytest.warns(dm.DiffusionDiagnosticWarning, match="ESS fell to") as rec:
         r = dm.sample(jax.random.key(0), _anneal(), SDE, N, k)
@@ -72,6 +73,7 @@ def test_ess_collapse_alone_warns_and_raises():
         dm.sample(jax.random.key(1), _anneal(), SDE, N, 40, on_degenerate="raise")
 
 
+@pytest.mark.slow
 def test_healthy_run_does_not_warn():
     """K = 100 (the step count of the toy benchmarks): min ESS 17-62% of N over seeds; no
     warning, and diagnose agrees, also on a vmapped batch of seeds."""
@@ -85,6 +87,7 @@ def test_healthy_run_does_not_warn():
     assert db.ok and db.min_ess > 0.1 * N and db.min_ess_step == -1
 
 
+@pytest.mark.slow
 def test_traced_runs_check_the_step_size_at_trace_time_and_diagnose_after():
     keys = jax.random.split(jax.random.key(0), 2)
     with pytest.warns(dm.DiffusionDiagnosticWarning, match="unstable"):
@@ -121,6 +124,7 @@ def test_stability_bound_matches_the_linearisation():
 # dimension and shapes
 
 
+@pytest.mark.slow
 def test_dimension_is_inferred_or_the_error_says_what_is_missing():
     def plain(x, t, c=None):
         return -x
@@ -189,6 +193,7 @@ BUILDERS = {
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.slow
 def test_equal_targets_compile_once(name):
     build = BUILDERS[name]
     assert build() == build() and hash(build()) == hash(build()) and build().hashable
@@ -207,6 +212,7 @@ def test_equal_targets_compile_once(name):
             assert compiled() == 0, (name, i, compiled())
 
 
+@pytest.mark.slow
 def test_target_equality_by_value_and_identity():
     a = dm.cfg(SCORE, 2.0, jnp.asarray([0, 1, 1]))
     assert a == dm.cfg(SCORE, 2.0, jnp.asarray([0, 1, 1])) and hash(a) == hash(dm.cfg(SCORE, 2.0, jnp.asarray([0, 1, 1])))

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import smcscale.diffusion as dm
+from smcscale.static import count_compilations
 from _diffusion_gauss import exact, fkc_limit
 
 T_QUANTILE = 5.45  # t distribution, 11 d.o.f., two-sided p = 1e-4
@@ -291,6 +292,7 @@ def test_tempered_noise_is_correct_where_stable():
     assert ok, msg
 
 
+@pytest.mark.slow
 def test_same_key_same_result_and_budget_counts():
     classes = dm.GaussianMixture.create([1, 1], [[-1.0, 0.0], [1.0, 0.0]], stds=0.7, labels=[0, 1])
     seen = []
@@ -321,12 +323,21 @@ def test_same_key_same_result_and_budget_counts():
     assert int(p.nfe) == int(a.nfe) and int(p.score_calls) == int(a.score_calls)
 
 
+@pytest.mark.slow
 def test_sampling_vmapped_over_conditions_compiles_once():
     classes = dm.GaussianMixture.create([1, 1], [[-2.0, 0.0], [2.0, 0.0]], stds=0.5, labels=[0, 1])
     s = classes.score_model(SDE)
-    out = jax.jit(jax.vmap(lambda c: dm.sample(jax.random.key(0), dm.cfg(s, 1.0, c), SDE, 500, 50).samples))(jnp.arange(2))
+    sample = jax.jit(jax.vmap(lambda c: dm.sample(jax.random.key(0), dm.cfg(s, 1.0, c), SDE, 500, 50).samples))
+    with count_compilations() as compiled:
+        out = jax.block_until_ready(sample(jnp.arange(2)))
+    assert compiled() >= 1
+    other = jnp.array([1, 0])
+    with count_compilations() as compiled:  # other conditions, same shapes: no new compilation
+        swapped = jax.block_until_ready(sample(other))
+    assert compiled() == 0
     means = np.asarray(out.mean(1))
     assert means[0, 0] < -1.5 and means[1, 0] > 1.5
+    np.testing.assert_array_equal(np.asarray(swapped[0]), np.asarray(out[1]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,6 +360,7 @@ def test_adapters_and_tweedie_recover_the_score():
         np.testing.assert_allclose(g, ref, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_mixture_algebra_is_exact():
     q1 = dm.GaussianMixture.create([0.3, 0.7], [[-1.0], [2.0]], stds=[0.5, 1.0])
     q2 = dm.GaussianMixture.create([1.0], [[0.5]], stds=[0.8])

@@ -36,6 +36,7 @@ def _reward(x):
 SCORE = _q()
 
 
+@pytest.mark.slow
 def test_potentials_multiply_to_the_terminal_tilt():
     """Without resampling the final weights are exactly softmax(λ r(x_K)) (the terminal
     correction), whatever happened on the way: checked for the two potentials whose
@@ -124,6 +125,7 @@ def test_zero_order_search_improves_monotonically():
     assert float(_near_two(res.samples)[0]) == pytest.approx(float(res.scores[0]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_path_search_keeps_the_best_paths():
     n, m, k = 16, 4, 40
     res = dm.path_search(jax.random.key(2), TM_SCORE, SDE, _near_two, n, m, k, start_step=20, delta_f=4, delta_b=8)

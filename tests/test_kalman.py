@@ -245,6 +245,7 @@ def test_single_time_step():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_vmap_over_datasets_and_params():
     params = random_params(seed=1, dx=2, dy=2)
     params = LGSSMParams(*(jnp.asarray(a, jnp.float32) for a in params))

@@ -64,6 +64,7 @@ def random_prm(lm, seed=1, mlp=8):
 # (a) training
 
 
+@pytest.mark.slow
 def test_head_learns_a_separable_problem():
     rng = np.random.default_rng(0)
     D = 16
@@ -112,6 +113,7 @@ def test_training_rejects_bad_input():
 # (b) persistence
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_and_mismatch(lm, tmp_path):
     prm = random_prm(lm)
     prefixes = [["ab|", "ba|", "a"], ["b"], ["aab|", ""]]
@@ -271,6 +273,7 @@ def test_learned_prm_inside_particle_filter(lm, batched):
     assert all(0 < r < 1 for r in res.scores)
 
 
+@pytest.mark.slow
 def test_end_to_end_on_tiny_jaxlm(lm, tmp_path):
     """Rollouts through JaxLM.generate, features, training, save/load, scoring."""
     problems = [types.SimpleNamespace(id="t0")]

@@ -61,6 +61,7 @@ FK = smc.bootstrap(lgssm.univariate(RHO, SX, SY))
          {"trajectory": "genealogy", "num_backward": 1, "init_reference": np.zeros(40, np.int32)}),
     ],
 )
+@pytest.mark.slow
 def test_ppg_matches_the_kalman_smoother(label, kwargs):
     ys, exact = _data(40)
     iters, burn = 1000, 100

@@ -41,6 +41,7 @@ def test_hash_matches_threefry_known_answer():
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 @pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.slow
 def test_bit_identical_to_threefry(name, jit):
     draw = SAMPLERS[name]
     for seed in (0,) if jit else (0, 123456789):

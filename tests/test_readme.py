@@ -145,7 +145,7 @@ def test_readme_names_both_test_tiers():
     tests = [b for b in BLOCKS if b.lang == "bash" and b.heading == "Tests"]
     assert len(tests) == 1, "README needs one bash block under '## Tests'"
     lines = [ln.split("#")[0].strip() for ln in tests[0].code.splitlines() if ln.strip()]
-    assert 'python -m pytest -m "not slow"' in lines  # the fast tier
+    assert 'python -m pytest -q -m "not slow" -n 2' in lines  # the fast tier
     quickstart = next(b for b in BLOCKS if b.lang == "bash").code.splitlines()
     full = quickstart[1].split("&&")[-1].strip()  # the full suite, as the quickstart runs it
     assert full in lines, (full, lines)

@@ -124,6 +124,7 @@ def test_variance_ordering_systematic_and_residual_beat_multinomial():
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.slow
 def test_same_key_same_ancestors(scheme):
     lw = jnp.log(jnp.asarray(np.random.default_rng(0).dirichlet(np.ones(64)), jnp.float32))
     f = R.RESAMPLERS[scheme]

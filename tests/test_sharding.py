@@ -32,6 +32,7 @@ def sharded_output():
     return _script("stats", RUNS, N)
 
 
+@pytest.mark.slow
 def test_every_scheme_sharded_equals_single_device():
     """README "Many devices": for the same key, 2 devices give the result of one, for every
     scheme in RESAMPLERS. Ancestors and particles: bitwise. log Z, its trace and the final

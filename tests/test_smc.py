@@ -29,12 +29,14 @@ def _assert_z_unbiased(log_zs, log_z, label):
 
 
 @pytest.mark.parametrize("kappa", [1.0, 0.5])
+@pytest.mark.slow
 def test_bootstrap_log_z_unbiased_against_kalman(lgssm_data, kappa):
     fk = smc.bootstrap(lgssm.univariate(0.9, 1.0, 0.2))
     log_zs = _log_z_runs(fk, lgssm_data["ys"], 10_000, kappa)
     _assert_z_unbiased(log_zs, lgssm_data["log_z"], f"bootstrap kappa={kappa}")
 
 
+@pytest.mark.slow
 def test_log_z_estimator_detects_a_wrong_model(lgssm_data):
     """The same test rejects a filter for a slightly wrong model (it has power)."""
     fk = smc.bootstrap(lgssm.univariate(0.9, 1.0, 0.25))
@@ -45,6 +47,7 @@ def test_log_z_estimator_detects_a_wrong_model(lgssm_data):
 
 @pytest.mark.parametrize("kind", ["guided", "auxiliary"])
 @pytest.mark.parametrize("kappa", [1.0, 0.5, 0.0])
+@pytest.mark.slow
 def test_guided_and_auxiliary_log_z_unbiased(lgssm_data, kind, kappa):
     ssm = lgssm.univariate(0.9, 1.0, 0.2)
     prop, prop0 = lgssm.univariate_optimal_proposal(0.9, 1.0, 0.2)
@@ -62,6 +65,7 @@ def test_guided_and_auxiliary_log_z_unbiased(lgssm_data, kind, kappa):
     _assert_z_unbiased(log_zs, lgssm_data["log_z"], f"{kind} kappa={kappa}")
 
 
+@pytest.mark.slow
 def test_adaptive_resampling_is_adaptive(lgssm_data):
     ssm = lgssm.univariate(0.9, 1.0, 0.2)
     prop, prop0 = lgssm.univariate_optimal_proposal(0.9, 1.0, 0.2)
@@ -119,6 +123,7 @@ def test_filtering_means_match_kalman(lgssm_data):
     np.testing.assert_allclose(variances.mean(0), lgssm_data["vars"], rtol=0.05)
 
 
+@pytest.mark.slow
 def test_same_key_same_result_and_vmap_over_datasets(lgssm_data):
     fk = smc.bootstrap(lgssm.univariate())
     ys = lgssm_data["ys"]
@@ -227,6 +232,7 @@ def test_nan_log_potential_raises_eagerly_and_is_flagged_under_jit():
     assert np.isfinite(float(r.log_z))
 
 
+@pytest.mark.slow
 def test_all_particles_dead():
     """Every particle gets weight zero at step 2: a clear error eagerly; log Z = -inf, no NaN, under jit."""
 
@@ -284,6 +290,7 @@ def test_one_dimensional_observations_for_a_vector_observation_model():
     assert np.isfinite(float(smc.run(jax.random.key(0), fk, ys[:, None], 100).log_z))
 
 
+@pytest.mark.slow
 def test_run_with_a_hook_carries_and_resamples_extra_state(lgssm_data):
     """The driver's StepHook: a per-particle count of steps along each lineage, resampled with
     the particles, is exactly t + 1 for every particle; the filter's draws are unchanged."""

@@ -60,6 +60,7 @@ def additive(x_prev, x, u):
 
 
 @pytest.mark.parametrize("method", ["exact", "mh"])
+@pytest.mark.slow
 def test_ffbs_marginals_and_sums_match_rts(data, method):
     fk, ys = _bootstrap(), data["ys"]
     runs, n, m = 20, 1000, 300
@@ -143,6 +144,7 @@ def test_mh_chain_moves_towards_the_kernel():
     assert abs((idx == 1).mean() - b[0]) < 0.03
 
 
+@pytest.mark.slow
 def test_backward_sample_pytree_vector_states_without_inputs():
     """Pytree particles with event dimensions, and a model that takes no inputs."""
 
@@ -168,6 +170,7 @@ def test_backward_sample_pytree_vector_states_without_inputs():
 
 
 @pytest.mark.parametrize("method, kappa", [("mh", 0.5), ("reject", 1.0)])
+@pytest.mark.slow
 def test_paris_matches_kalman_smoother(data, method, kappa):
     fk, ys, runs = _guided(), data["ys"], 16
     f = jax.jit(
@@ -182,6 +185,7 @@ def test_paris_matches_kalman_smoother(data, method, kappa):
     assert res.log_z.shape == (runs,) and np.isfinite(np.asarray(res.log_z)).all()
 
 
+@pytest.mark.slow
 def test_paris_hook_composes_with_the_driver(data):
     """paris_hook / paris_update are the public pieces a PPG sweep reuses: the hook on
     smc.run gives the same tau and estimate as smoothing.paris (same driver, same keys)."""

@@ -82,6 +82,7 @@ def _weighted_moments(res):
     ],
     ids=["rwm", "hmc", "waste-free-rwm"],
 )
+@pytest.mark.slow
 def test_regression_evidence_and_posterior(reg, kw):
     kw = dict(kw)
     n = kw.pop("num_particles", 1000)
@@ -153,6 +154,7 @@ def _truncated_evidence():
     return log_z, z1 / z0
 
 
+@pytest.mark.slow
 def test_plain_target_nan_loglik_raises_or_is_minus_inf():
     # eagerly, a NaN log-likelihood of prior draws is an error ...
     with pytest.raises(ValueError, match="NaN"):

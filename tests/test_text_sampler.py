@@ -176,6 +176,7 @@ def ref_of(path):
         (dict(potential_temperature=0.5, aggregation="prod"), 2.0, "prod", 0.7),
     ],
 )
+@pytest.mark.slow
 def test_twisted_pf_matches_exact_posterior(lm, kwargs, beta, how, temperature):
     cfg = GenerationConfig(step_tokens=K, max_steps=S, max_new_tokens=L, temperature=temperature,
                            answer_pattern=None, proposal_correction=temperature != 1.0)
@@ -399,6 +400,7 @@ def test_finished_reference_is_never_revived_and_pg_resampling_is_ess_adaptive(l
 # counters, steps, API
 
 
+@pytest.mark.slow
 def test_budget_counters_on_a_hand_computable_case():
     # "a" -> "b" surely, "b" -> EOS surely: every particle writes "b" then stops
     lm = FakeLM(np.array([[1.0, 0, 0], [0, 0, 1.0], [1.0, 0, 0]]), "ab")
@@ -571,6 +573,7 @@ def test_dvts_subtrees_are_independent():
 
 
 @pytest.mark.parametrize("compact_rows", [1, 4, None])
+@pytest.mark.slow
 def test_compaction_drops_finished_rows_and_counts_exactly(compact_rows):
     """lm_forward_tokens = prefill + the rows the LM really decoded, split over populations;
     compaction never changes what a particle continues from (the draws are exact above)."""
