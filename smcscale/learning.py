@@ -137,6 +137,7 @@ def build_fk(model_fn, theta, filter_fn):
     raise TypeError(f"model_fn(theta) must return a StateSpaceModel or a FeynmanKac, got {type(model).__name__}")
 
 
+@cached_builder
 def complete_data_log_density(model_fn: Callable, log_density_fn: Optional[Callable] = None) -> Callable:
     r"""``l(theta, x_prev, x, inputs_t) -> (B,)``: the per-step complete-data log-density.
 

@@ -92,6 +92,7 @@ from .smoothing import (
     weighted_sum,
 )
 from .ssm import bootstrap
+from .static import cached_builder
 
 __all__ = ["PPGResult", "TRAJECTORY_METHODS", "ppg", "ppg_sweep", "ppg_score_fn", "score_climbing"]
 
@@ -394,6 +395,7 @@ def ppg(
 # Markov score climbing
 
 
+@cached_builder
 def ppg_score_fn(
     model_fn: Callable,
     inputs,
