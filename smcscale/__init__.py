@@ -10,6 +10,7 @@ from .resampling import RESAMPLERS, get_resampler
 from .smc import (
     FilterScan,
     ParticleCollapseError,
+    ParticleCollapseWarning,
     SMCConfig,
     SMCResult,
     SMCState,
@@ -48,6 +49,7 @@ __all__ = [
     "SMCResult",
     "SMCState",
     "ParticleCollapseError",
+    "ParticleCollapseWarning",
     "weighted_mean",
     "trace_genealogy",
     "RESAMPLERS",

@@ -55,6 +55,7 @@ __all__ = [
     "SMCResult",
     "SMCConfig",
     "ParticleCollapseError",
+    "ParticleCollapseWarning",
     "StepInfo",
     "StepHook",
     "Transition",
@@ -75,6 +76,11 @@ _RECORDABLE = ("ancestors", "particles", "log_weights")
 
 class ParticleCollapseError(RuntimeError):
     """Every particle has weight zero: the estimate of Z is 0 and the filter cannot go on."""
+
+
+class ParticleCollapseWarning(UserWarning):
+    """Every particle has weight zero (a dead population), reported as a warning by samplers
+    asked to go on (e.g. the text samplers' ``on_collapse="warn"``)."""
 
 
 class SMCState(NamedTuple):

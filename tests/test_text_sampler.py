@@ -11,10 +11,12 @@ consistent for the target at *fixed* N (the self-normalised average of one run i
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
+import smcscale as smc
 from smcscale.tasks.constraints import lipogram_constraint
 from smcscale.text import FakeLM
 from smcscale.text.potentials import PRMAdapter, StepPotential, TokenConstraint, logit
@@ -331,7 +333,8 @@ def test_truncation_at_the_token_cap_adds_log_p_eos(lm):
 
 @pytest.mark.parametrize("mode", ["twisted", "paper"])
 def test_all_dead_population_is_defined(lm, mode):
-    res = particle_filter(lm, lambda c, s: 0.0, "a", 16, config=CFG, mode=mode, key=11, answer_fn=IDENT)
+    with pytest.warns(smc.ParticleCollapseWarning, match="every particle of the population has weight zero"):
+        res = particle_filter(lm, lambda c, s: 0.0, "a", 16, config=CFG, mode=mode, key=11, answer_fn=IDENT)
     assert res.log_z == -math.inf
     assert np.all(res.weights == 0) and np.all(res.log_weights == -np.inf)
     assert res.selected is None and res.selected_answer is None and res.selected_text is None
@@ -663,3 +666,30 @@ def test_shared_helpers():
     assert jax.random.key_data(k).tolist() == jax.random.key_data(jax.random.key(7)).tolist()
     assert as_key(k) is k and as_key(None).shape == ()
     np.testing.assert_array_equal(jax.random.key_data(as_key(jax.random.key_data(k))), jax.random.key_data(k))
+
+
+def test_dead_population_raises_or_is_silent_on_request(lm):
+    """A PRM that always returns 0 kills the population: on_collapse="raise" raises
+    ParticleCollapseError (as smc.run does), "ignore" returns the defined result silently."""
+    with pytest.raises(smc.ParticleCollapseError, match="log Z = -inf"):
+        particle_filter(lm, lambda c, s: 0.0, "a", 8, config=CFG, key=11, answer_fn=IDENT, on_collapse="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = particle_filter(lm, lambda c, s: 0.0, "a", 8, config=CFG, key=11, answer_fn=IDENT, on_collapse="ignore")
+    assert res.log_z == -math.inf and res.selected is None
+    with pytest.raises(ValueError, match="on_collapse must be one of"):
+        particle_filter(lm, lambda c, s: 0.5, "a", 8, config=CFG, key=11, on_collapse="never")
+
+
+def test_prm_scores_that_are_not_real_numbers_in_unit_interval_are_rejected(lm):
+    def string_prm(context, steps):
+        return "0.5"
+
+    with pytest.raises(TypeError, match=r"PRM .*string_prm.*score_prefix returned '0.5' \(str\)"):
+        particle_filter(lm, string_prm, "a", 4, config=CFG, key=1, answer_fn=IDENT)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        particle_filter(lm, lambda c, s: 1.5, "a", 4, config=CFG, key=1, answer_fn=IDENT)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        particle_filter(lm, lambda c, s: float("nan"), "a", 4, config=CFG, key=1, answer_fn=IDENT)
+    with pytest.raises(TypeError, match=r"\(bool\)"):
+        particle_filter(lm, lambda c, s: True, "a", 4, config=CFG, key=1, answer_fn=IDENT)

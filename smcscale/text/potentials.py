@@ -105,13 +105,25 @@ def _log(r: float) -> float:
 
 
 def _check_score(r, where: str) -> float:
+    """``r`` as a float in ``[0, 1]``; a ``TypeError`` for anything that is not a real number
+    (strings such as ``"0.5"`` and booleans included), a ``ValueError`` for NaN and values
+    outside ``[0, 1]``. ``where`` names the PRM and the method that returned ``r``."""
+    if isinstance(r, (str, bytes, bool, np.bool_)) or np.ndim(r) != 0:
+        raise TypeError(f"PRM {where} returned {r!r} ({type(r).__name__}); a score must be a real number in [0, 1]")
     try:
         r = float(r)
     except (TypeError, ValueError):
-        raise TypeError(f"PRM {where} returned {r!r}; a score must be a number in [0, 1]") from None
+        raise TypeError(f"PRM {where} returned {r!r}; a score must be a real number in [0, 1]") from None
     if not (0.0 <= r <= 1.0):  # also rejects NaN
         raise ValueError(f"PRM {where} returned {r}; a score must lie in [0, 1]")
     return r
+
+
+def _describe(prm) -> str:
+    fn = getattr(prm, "fn", None) if isinstance(prm, FunctionPRM) else None
+    if fn is not None:
+        return getattr(fn, "__qualname__", None) or type(fn).__name__
+    return type(prm).__name__
 
 
 class FunctionPRM:
@@ -182,7 +194,7 @@ class PRMAdapter:
             out = []
             for steps in prefixes:
                 self._count(context, steps)
-                out.append(_check_score(self.prm.score_prefix(context, list(steps)), "score_prefix"))
+                out.append(_check_score(self.prm.score_prefix(context, list(steps)), f"{_describe(self.prm)}.score_prefix"))
             return out
         return [s[-1] for s in self.score_all(context, prefixes)]
 
@@ -202,7 +214,7 @@ class PRMAdapter:
                 r = list(r)
                 if len(r) != len(p):
                     raise ValueError(f"PRM score() returned {len(r)} step scores for a prefix of {len(p)} steps")
-                out.append([_check_score(v, "score") for v in r])
+                out.append([_check_score(v, f"{_describe(self.prm)}.score") for v in r])
             return out
         return [[self.score_last(context, [p[: j + 1]])[0] for j in range(len(p))] for p in prefixes]
 

@@ -78,6 +78,7 @@ import functools
 import math
 import re
 import time
+import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -85,6 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..resampling import get_resampler, stable_ancestors
+from ..smc import ParticleCollapseError, ParticleCollapseWarning
 from ..weights import reweight
 from .lm import top_p_filter
 from .potentials import StepPotential, TokenConstraint, as_step_potential
@@ -109,6 +111,8 @@ __all__ = [
     "has_boxed",
     "encode_prompt",
     "swap_log_ratio",
+    "check_collapse",
+    "ON_COLLAPSE",
 ]
 
 FINISH_REASONS = ("eos", "answer", "step_cap", "length", "dead")
@@ -1216,6 +1220,7 @@ def particle_filter(
     ess_threshold: Optional[float] = None, resampling: Optional[str] = None, paper_rounds: str = "all_finished",
     constraint: Optional[TokenConstraint] = None, answer_fn: Optional[Callable] = None, select: str = "argmax",
     prm_context: Optional[str] = None, num_runs: Optional[int] = None, record_history: bool = False,
+    on_collapse: str = "warn",
 ):
     """Step-level particle filter (Puri et al. 2025) with ``num_particles`` generations.
 
@@ -1232,8 +1237,13 @@ def particle_filter(
         ``\\boxed{...}`` content; a task passes its own, e.g. arithmetic's ``extract_answer``).
       select: ``"argmax"`` weight or weighted ``"vote"`` over ``answer_fn`` answers.
       num_runs: run this many independent filters in one LM batch; returns a list.
+      on_collapse: a dead population (every weight zero, ``log_z = -inf``): ``"warn"``
+        (default), ``"raise"`` (:class:`smcscale.ParticleCollapseError`, as
+        :func:`smcscale.run` does eagerly) or ``"ignore"``; see :func:`check_collapse`.
     """
     n = check_count(num_particles)
+    if on_collapse not in ON_COLLAPSE:
+        raise ValueError(f"on_collapse must be one of {ON_COLLAPSE}, got {on_collapse!r}")
     cfg = config or GenerationConfig()
     pot = as_step_potential(prm, aggregation, mode, potential_temperature)
     if pot.mode == "paper":
@@ -1254,13 +1264,38 @@ def particle_filter(
     sw = Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, policies, key,
                constraint=constraint, record_history=record_history).run()
     out = [sw.result(g, f"pf-{pot.mode}", answer_fn, select) for g in sw.groups]
+    check_collapse(out, on_collapse, "particle_filter")
     return out if num_runs is not None else out[0]
+
+
+ON_COLLAPSE = ("warn", "raise", "ignore")
+
+
+def check_collapse(results, on_collapse: str, method: str) -> None:
+    """What a sampler does with a dead population (every weight zero, ``log_z = -inf``):
+    ``"warn"`` a :class:`smcscale.ParticleCollapseWarning`, ``"raise"`` a
+    :class:`smcscale.ParticleCollapseError`, ``"ignore"`` nothing (the result is still
+    defined: zero weights, no selected answer)."""
+    if on_collapse not in ON_COLLAPSE:
+        raise ValueError(f"on_collapse must be one of {ON_COLLAPSE}, got {on_collapse!r}")
+    dead = [i for i, r in enumerate(results) if r.log_z == -math.inf]
+    if not dead or on_collapse == "ignore":
+        return
+    which = "the population" if len(results) == 1 else f"population(s) {dead} of {len(results)}"
+    msg = (
+        f"{method}: every particle of {which} has weight zero (log Z = -inf): the PRM gave score 0 to every "
+        "generation, or the constraint allowed none. Check the PRM, use more particles, or pass "
+        "on_collapse='ignore' to get the result with log_z = -inf silently."
+    )
+    if on_collapse == "raise":
+        raise ParticleCollapseError(msg)
+    warnings.warn(msg, ParticleCollapseWarning, stacklevel=3)
 
 
 def _draw_reference(result: TextSMCResult, rng: np.random.Generator) -> Trajectory:
     w = np.asarray(result.weights, float)
     if not np.any(w > 0):
-        raise RuntimeError("particle Gibbs: every weight is zero, no reference can be drawn (a dead population)")
+        raise ParticleCollapseError("particle Gibbs: every weight is zero, no reference can be drawn (a dead population)")
     k = int(rng.choice(len(w), p=w / w.sum()))
     return result.info["trajectories"][k]
 
