@@ -693,3 +693,16 @@ def test_prm_scores_that_are_not_real_numbers_in_unit_interval_are_rejected(lm):
         particle_filter(lm, lambda c, s: float("nan"), "a", 4, config=CFG, key=1, answer_fn=IDENT)
     with pytest.raises(TypeError, match=r"\(bool\)"):
         particle_filter(lm, lambda c, s: True, "a", 4, config=CFG, key=1, answer_fn=IDENT)
+
+
+def test_progress_bars_show_and_change_nothing(lm, capsys):
+    prm = lambda c, s: 0.5 + 0.1 * len(s) % 0.5  # noqa: E731
+    quiet = particle_filter(lm, prm, "a", 8, config=CFG, key=3, answer_fn=IDENT)
+    shown = particle_filter(lm, prm, "a", 8, config=CFG, key=3, answer_fn=IDENT, progress=True)
+    assert "decoding 8 rows" in capsys.readouterr().err
+    assert shown.texts == quiet.texts and shown.log_z == quiet.log_z
+    particle_gibbs(lm, prm, "a", 4, 2, config=CFG, key=3, progress=True)
+    assert "particle Gibbs sweeps" in capsys.readouterr().err
+    bon = best_of_n(lm, prm, "a", 4, config=CFG, key=3, answer_fn=IDENT, progress=True)
+    assert "decoding 4 rows" in capsys.readouterr().err
+    assert bon.texts == best_of_n(lm, prm, "a", 4, config=CFG, key=3, answer_fn=IDENT).texts

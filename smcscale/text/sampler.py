@@ -648,8 +648,10 @@ class Sweep:
 
     def __init__(self, lm, cfg: GenerationConfig, prompt_ids, context: str, n: int, policies: Sequence,
                  key, references: Optional[Sequence[Optional[Trajectory]]] = None,
-                 constraint: Optional[TokenConstraint] = None, record_history: bool = False):
+                 constraint: Optional[TokenConstraint] = None, record_history: bool = False,
+                 progress: bool = False):
         self.lm, self.cfg, self.context = lm, cfg, context
+        self.progress = bool(progress)
         self.prompt_ids = [int(i) for i in prompt_ids]
         self.rules = _Rules(cfg, lm.tokenizer)
         self.constraint = constraint
@@ -693,8 +695,18 @@ class Sweep:
         self.state = lm.prefill(self.prompt_ids, self.N, _cache_len(lm, len(self.prompt_ids) + cfg.max_new_tokens))
         for g in self.groups:
             g.budget.prefill_tokens = len(self.prompt_ids)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_new_tokens, desc=f"decoding {self.N} rows", unit="tok", dynamic_ncols=True,
+                       leave=False)
         while not all(g.done for g in self.groups):
             self._decode_one()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(rounds=max(g.budget.rounds for g in self.groups),
+                                live=sum(not p.finished for p in self.particles), refresh=False)
             to_resample = []
             for g in self.groups:
                 if not g.done and self._round_ready(g):
@@ -705,6 +717,8 @@ class Sweep:
             pending = [g for g in self.groups if g.paper_pending]
             if pending:
                 self._extra_paper_rounds(pending)
+        if bar is not None:
+            bar.close()
         self.wall_time = time.perf_counter() - t0
         for g in self.groups:
             g.budget.lm_forward_tokens = g.budget.prefill_tokens + g.rows_computed
@@ -1220,7 +1234,7 @@ def particle_filter(
     ess_threshold: Optional[float] = None, resampling: Optional[str] = None, paper_rounds: str = "all_finished",
     constraint: Optional[TokenConstraint] = None, answer_fn: Optional[Callable] = None, select: str = "argmax",
     prm_context: Optional[str] = None, num_runs: Optional[int] = None, record_history: bool = False,
-    on_collapse: str = "warn",
+    on_collapse: str = "warn", progress: bool = False,
 ):
     """Step-level particle filter (Puri et al. 2025) with ``num_particles`` generations.
 
@@ -1240,6 +1254,7 @@ def particle_filter(
       on_collapse: a dead population (every weight zero, ``log_z = -inf``): ``"warn"``
         (default), ``"raise"`` (:class:`smcscale.ParticleCollapseError`, as
         :func:`smcscale.run` does eagerly) or ``"ignore"``; see :func:`check_collapse`.
+      progress: show a tqdm progress bar of the decoded tokens (rounds and live particles).
     """
     n = check_count(num_particles)
     if on_collapse not in ON_COLLAPSE:
@@ -1262,7 +1277,7 @@ def particle_filter(
     ids, ctx = encode_prompt(lm, prompt)
     policies = [_SMCPolicy(pot, scheme, kappa, paper_rounds=paper_rounds) for _ in range(runs)]
     sw = Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, policies, key,
-               constraint=constraint, record_history=record_history).run()
+               constraint=constraint, record_history=record_history, progress=progress).run()
     out = [sw.result(g, f"pf-{pot.mode}", answer_fn, select) for g in sw.groups]
     check_collapse(out, on_collapse, "particle_filter")
     return out if num_runs is not None else out[0]
@@ -1306,7 +1321,7 @@ def particle_gibbs(
     config: Optional[GenerationConfig] = None, key=0, ess_threshold: float = 1.0,
     init_reference=None, num_chains: Optional[int] = None, constraint: Optional[TokenConstraint] = None,
     answer_fn: Optional[Callable] = None, select: str = "argmax", prm_context: Optional[str] = None,
-    record_history: bool = False,
+    record_history: bool = False, progress: bool = False,
 ):
     """Particle Gibbs: ``iterations`` sweeps of ``num_particles`` (``N - 1`` free + 1 reference).
 
@@ -1315,7 +1330,8 @@ def particle_gibbs(
     reference; the new reference is drawn from the sweep's final weights. Returns the last
     sweep's :class:`TextSMCResult` (budget summed over all sweeps) with ``info["references"]``
     (the reference after each sweep) — a list of results if ``num_chains`` is given
-    (independent chains in one batch; ``init_reference`` is then a list).
+    (independent chains in one batch; ``init_reference`` is then a list). ``progress``
+    shows a tqdm bar over the sweeps.
     """
     n = check_count(num_particles, minimum=2)
     iters = check_count(iterations, "iterations")
@@ -1344,7 +1360,12 @@ def particle_gibbs(
     history = [[] for _ in range(chains)]
     last = None
     t0 = time.perf_counter()
-    for it in range(iters):
+    sweeps = range(iters)
+    if progress:
+        from tqdm.auto import tqdm
+
+        sweeps = tqdm(sweeps, desc="particle Gibbs sweeps", unit="sweep", dynamic_ncols=True)
+    for it in sweeps:
         k_sweep, k_draw = jax.random.split(jax.random.fold_in(key, it))
         policies = [_SMCPolicy(pot, "multinomial", kappa, conditional=True, ancestor_sampling=ancestor_sampling)
                     for _ in range(chains)]

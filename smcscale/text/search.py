@@ -65,12 +65,13 @@ def _selections(answers, scores) -> dict:
     return out
 
 
-def _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_context, method, record_history=False):
+def _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_context, method, record_history=False,
+                 progress=False):
     cfg = config or GenerationConfig()
     pot = None if prm is None else as_step_potential(prm, aggregation, "twisted", 1.0)
     ids, ctx = encode_prompt(lm, prompt)
     sw = Sweep(lm, cfg, ids, prm_context if prm_context is not None else ctx, n, [FinalPolicy(pot)], key,
-               record_history=record_history).run()
+               record_history=record_history, progress=progress).run()
     res = sw.result(sw.groups[0], method, answer_fn, "argmax")
     if pot is None:
         res.scores = np.full(n, np.nan)
@@ -79,12 +80,15 @@ def _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_co
 
 
 def best_of_n(lm, prm, prompt, num_samples: int, *, aggregation: str = "last", config: Optional[GenerationConfig] = None,
-              key=0, answer_fn: Optional[Callable] = None, prm_context: Optional[str] = None) -> TextSMCResult:
+              key=0, answer_fn: Optional[Callable] = None, prm_context: Optional[str] = None,
+              progress: bool = False) -> TextSMCResult:
     """``N`` independent generations; ``selected`` = the highest aggregated PRM score
     (ties: lowest index). The PRM scores each finished generation once per step it needs
-    (``last``/``model``: one call per generation)."""
+    (``last``/``model``: one call per generation). ``progress`` shows a tqdm bar of the
+    decoded tokens."""
     n = check_count(num_samples, "num_samples")
-    res = _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_context, "best_of_n")
+    res = _independent(lm, prm, prompt, n, aggregation, config, key, answer_fn, prm_context, "best_of_n",
+                       progress=progress)
     return res
 
 
